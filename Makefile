@@ -1,0 +1,41 @@
+# resnet-deploy: `make demo` builds the embedded default end to end; `make test` runs the test suite.
+# Both create .venv and install everything on a fresh Debian/Ubuntu machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch==2.13.0 is pinned for CI (a CPU wheel here; an unpinned torch pulls a multi-GB CUDA build).
+# Override with your own: make demo CONSTRAINTS=my-constraints.txt
+CONSTRAINTS ?= constraints-ci.txt
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+
+.PHONY: install data demo test test-slow bench device-check clean
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[build,test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# The embedded default's data: Debian's dataset-fashion-mnist package, where apt exists.
+data:
+	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then echo "Fashion-MNIST: $(FMNIST_DIR)"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
+	else echo "apt-get not found: install Fashion-MNIST's IDX files and set RESNET_DEPLOY_FASHION_MNIST"; fi
+
+demo: install data
+	$(VENV)/bin/resnet-deploy build --target openvino --target onnxruntime --out build/demo
+	@echo "report: build/demo/report.md (report.json for programs)"
+
+test: install data
+	$(PY) -m pytest -q
+
+# Real-data end-to-end checks (CIFAR-10 in ../shared/datasets when present, Fashion-MNIST).
+test-slow: install data
+	$(PY) -m pytest -q -m slow
+
+clean:
+	rm -rf build .pytest_cache

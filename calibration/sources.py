@@ -1,0 +1,179 @@
+"""Labelled image sources: ImageFolder trees and IDX files (Fashion-MNIST), read without torch."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from resnet_deploy.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+FASHION_MNIST = "fashion-mnist"
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+# Where Debian's dataset-fashion-mnist installs its four IDX files; RESNET_DEPLOY_FASHION_MNIST overrides.
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+_IDX_NAMES = {"train": "train", "test": "t10k"}
+
+
+class ImageSource(Protocol):
+    """A labelled, indexable image collection."""
+
+    name: str
+    class_names: tuple[str, ...]
+    labels: np.ndarray  # int64, one per image
+
+    def __len__(self) -> int: ...
+
+    def read(self, index: int) -> Image.Image | np.ndarray:
+        """The image at ``index``; raises OSError/ValueError when it cannot be decoded."""
+
+    def ident(self, index: int) -> str:
+        """A stable identity for manifests and overlap checks (a path, or file#index)."""
+
+
+@dataclass
+class ImageFolderSource:
+    """``root/<class>/<image>``: classes are the sorted subfolder names, as torchvision's ImageFolder."""
+
+    root: Path
+    class_names: tuple[str, ...]
+    files: list[Path]
+    labels: np.ndarray
+
+    @property
+    def name(self) -> str:
+        return str(self.root.resolve())
+
+    @classmethod
+    def open(cls, root: str | os.PathLike, *, flag: str = "--data") -> "ImageFolderSource":
+        root = Path(root)
+        if not root.exists():
+            raise DataError(f"{flag}: folder {root} does not exist. Give an image folder with one subfolder per class.")
+        if not root.is_dir():
+            raise DataError(f"{flag}: {root} is not a folder. Give an image folder with one subfolder per class.")
+        classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        files: list[Path] = []
+        labels: list[int] = []
+        for label, name in enumerate(classes):
+            for f in sorted((root / name).rglob("*")):
+                if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
+                    files.append(f)
+                    labels.append(label)
+        if not classes or not files:
+            raise DataError(
+                f"{flag}: {root} holds no images in class subfolders. Expected {root}/<class>/<image> "
+                f"with extensions {', '.join(IMAGE_EXTENSIONS)}."
+            )
+        return cls(root, tuple(classes), files, np.asarray(labels, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def read(self, index: int) -> Image.Image:
+        with Image.open(self.files[index]) as img:
+            img.load()
+            return img
+
+    def ident(self, index: int) -> str:
+        return str(self.files[index].relative_to(self.root))
+
+
+@dataclass
+class ArraySource:
+    """Images already decoded into a uint8 array (N, H, W) or (N, H, W, C), e.g. from IDX files."""
+
+    name: str
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def read(self, index: int) -> np.ndarray:
+        return self.images[index]
+
+    def ident(self, index: int) -> str:
+        return f"{self.name}#{index}"
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Decode one IDX file (optionally gzipped): the format of MNIST and Fashion-MNIST."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+        zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+        if zero != 0 or dtype_code != 0x08:
+            raise ValueError("not an unsigned-byte IDX file")
+        dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+        arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+        return arr.reshape(dims)
+    except (OSError, ValueError, struct.error, EOFError) as err:
+        raise DataError(f"{path} is not a readable IDX file ({err}). Reinstall the data or point to another copy.") from None
+
+
+def _find_idx(folder: Path, split: str) -> tuple[Path, Path] | None:
+    stem = _IDX_NAMES[split]
+    for suffix in (".gz", ""):
+        images = folder / f"{stem}-images-idx3-ubyte{suffix}"
+        labels = folder / f"{stem}-labels-idx1-ubyte{suffix}"
+        if images.is_file() and labels.is_file():
+            return images, labels
+    return None
+
+
+def fashion_mnist_dir() -> Path | None:
+    candidates = [os.environ.get("RESNET_DEPLOY_FASHION_MNIST", ""), *FASHION_MNIST_DIRS]
+    for c in candidates:
+        if c and _find_idx(Path(c), "train"):
+            return Path(c)
+    return None
+
+
+def open_idx(folder: Path, split: str, *, flag: str, class_names: tuple[str, ...] = FASHION_MNIST_CLASSES) -> ArraySource:
+    found = _find_idx(folder, split)
+    if not found:
+        raise DataError(f"{flag}: {folder} has no {_IDX_NAMES[split]}-images/labels IDX files for the {split} split.")
+    images, labels = (read_idx(p) for p in found)
+    if images.ndim != 3 or len(images) != len(labels):
+        raise DataError(f"{flag}: {found[0]} and {found[1]} do not match (shapes {images.shape}, {labels.shape}).")
+    return ArraySource(f"{folder.name}/{split}", images, labels.astype(np.int64), class_names)
+
+
+def open_source(spec: str | os.PathLike | None, split: str, *, flag: str) -> ImageSource:
+    """Resolve a data flag: ``fashion-mnist`` (or None), a folder of IDX files, an ImageFolder, or a
+    folder holding ``train/`` and ``test/`` ImageFolders (the split picks one)."""
+    if spec is None or str(spec) == FASHION_MNIST:
+        folder = fashion_mnist_dir()
+        if folder is None:
+            raise DataError(
+                f"{flag}: Fashion-MNIST is not installed. On Debian/Ubuntu run "
+                "`sudo apt-get install dataset-fashion-mnist`, or set RESNET_DEPLOY_FASHION_MNIST to a folder "
+                "holding its four IDX files, or pass an image folder."
+            )
+        return open_idx(folder, split, flag=flag)
+    path = Path(spec)
+    if path.is_dir() and _find_idx(path, split):
+        return open_idx(path, split, flag=flag)
+    if path.is_dir() and (path / split).is_dir() and (path / "train").is_dir() and (path / "test").is_dir():
+        return ImageFolderSource.open(path / split, flag=flag)
+    return ImageFolderSource.open(path, flag=flag)
+
+
+def check_classes(source: ImageSource, num_classes: int, *, flag: str) -> None:
+    if len(source.class_names) != num_classes:
+        raise DataError(
+            f"{flag}: {source.name} has {len(source.class_names)} classes but the model predicts {num_classes}. "
+            "Point the flag at data with the model's classes (one subfolder per class, in the model's order)."
+        )

@@ -1,0 +1,1 @@
+"""The build chain: load/train -> fold BN -> export ONNX -> quantize -> compile -> validate -> report."""

@@ -1,0 +1,291 @@
+"""The build chain: one record flows through the stages, each adding the files and figures it made.
+
+    load -> data -> fold BN -> export ONNX -> reference -> compile per target -> validate -> report
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import resource
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from resnet_deploy.calibration.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from resnet_deploy.calibration.sampling import ImageBatch, choose, decode, same_images
+from resnet_deploy.calibration.sources import check_classes, open_source
+from resnet_deploy.console import Ui
+from resnet_deploy.errors import DataError, GateFailed
+from resnet_deploy.models import get_arch
+from resnet_deploy.pipeline import bundle as bundle_io
+from resnet_deploy.pipeline import checkpoint as ckpt
+from resnet_deploy.pipeline.evaluate import predict, score
+from resnet_deploy.pipeline.export import export_onnx
+from resnet_deploy.pipeline.fold import fold_batchnorm, verify_fold
+from resnet_deploy.pipeline.latency import measure
+from resnet_deploy.pipeline.report import SCHEMA, gate, render_markdown
+from resnet_deploy.pipeline.settings import EMBEDDED_MODEL, BuildSettings
+from resnet_deploy.targets import Artifact, CompileInput, expand, get_target
+from resnet_deploy.targets._cpu import cpu_name
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    """What the build knows so far. Stages return a new record; nothing is mutated in place."""
+
+    settings: BuildSettings
+    staging: Path
+    out: Path
+    loaded: ckpt.LoadedModel | None = None
+    prep: Preprocessing | None = None
+    calib: ImageBatch | None = None
+    evals: ImageBatch | None = None
+    data_info: dict[str, Any] = field(default_factory=dict)
+    folded: torch.nn.Module | None = None
+    onnx: Path | None = None
+    checks: dict[str, Any] = field(default_factory=dict)
+    reference: dict[str, Any] = field(default_factory=dict)
+    reference_preds: np.ndarray | None = None
+    artifacts: tuple[Artifact, ...] = ()
+    notes: dict[tuple[str, str], str] = field(default_factory=dict)
+    results: tuple[dict[str, Any], ...] = ()
+    stages: tuple[dict[str, Any], ...] = ()
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def build(settings: BuildSettings, *, ui: Ui) -> BuildRecord:
+    """Run every stage into a staging folder and publish it as ``settings.out`` when all succeeded."""
+    started = time.perf_counter()
+    targets = [get_target(name) for name in expand(settings.targets)]
+    for target in targets:
+        target.ensure_available()
+    rec = _timed(load_model_stage, "load")(BuildRecord(settings, Path(), Path()), ui)
+    out = settings.out or Path("build") / f"{rec.loaded.arch}-{'-'.join(t.name for t in targets)}"
+    with bundle_io.staging(out) as staging:
+        rec = replace(rec, staging=staging, out=out)
+        rec = _timed(data_stage, "data")(rec, ui)
+        rec = _timed(fold_stage, "fold")(rec, ui)
+        rec = _timed(export_stage, "export")(rec, ui)
+        rec = _timed(reference_stage, "reference")(rec, ui)
+        for target in targets:
+            rec = _timed(lambda r, u, t=target: compile_stage(r, u, t), f"compile:{target.name}")(rec, ui)
+        rec = _timed(validate_stage, "validate")(rec, ui)
+        rec = report_stage(rec, time.perf_counter() - started)
+        bundle_io.publish(staging, out)
+    ui.info(f"bundle: {out}  report: {out / 'report.md'}")
+    if not rec.report["gate"]["passed"]:
+        raise GateFailed(
+            "INT8 accuracy gate failed: " + "; ".join(rec.report["gate"]["failures"]) +
+            f" (--max-drop {settings.max_drop}). The bundle was written to {out} and its report is marked failed; "
+            "try more or more representative --calib-samples, or raise --max-drop if the drop is acceptable."
+        )
+    return rec
+
+
+def _timed(stage: Callable[..., BuildRecord], name: str) -> Callable[..., BuildRecord]:
+    def run(rec: BuildRecord, ui: Ui) -> BuildRecord:
+        t0 = time.perf_counter()
+        new = stage(rec, ui)
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return replace(new, stages=new.stages + ({"name": name, "seconds": round(time.perf_counter() - t0, 3),
+                                                  "peak_rss_mb": round(peak_mb, 1)},))
+    return run
+
+
+# --- stages ----------------------------------------------------------------------------------------
+
+def load_model_stage(rec: BuildRecord, ui: Ui) -> BuildRecord:
+    s = rec.settings
+    if s.checkpoint is not None:
+        loaded = ckpt.load_model(s.checkpoint, arch=s.arch, num_classes=s.num_classes)
+    elif s.arch is not None:
+        spec = get_arch(s.arch)
+        ui.warn(f"no --checkpoint: building a RANDOMLY INITIALISED {spec.name}. Its accuracy means nothing; "
+                "use it for latency work only.")
+        num_classes = s.num_classes or 1000
+        loaded = ckpt.random_model(spec.name, num_classes=num_classes, in_channels=3)
+    else:
+        loaded = ckpt.load_model(EMBEDDED_MODEL)
+        loaded = replace(loaded, source="embedded:" + EMBEDDED_MODEL.name)
+    ui.info(f"model: {loaded.arch}, {loaded.num_classes} classes, {loaded.in_channels} channel(s), from {loaded.source}")
+    return replace(rec, loaded=loaded)
+
+
+def _preprocessing(rec: BuildRecord, class_names: tuple[str, ...]) -> Preprocessing:
+    """Flags win over the checkpoint's own record, which wins over the family's defaults."""
+    s, loaded = rec.settings, rec.loaded
+    saved = loaded.meta.get("preprocessing")
+    if saved:
+        base = Preprocessing.from_dict(saved)
+    else:
+        spec = get_arch(loaded.arch)
+        size = spec.default_input_size
+        ch = loaded.in_channels
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if ch == 3 else ((0.5,), (0.5,))
+        base = Preprocessing((size, size), ch, mean, std, crop_ratio=0.875 if spec.family == "imagenet" else 1.0)
+    return Preprocessing(
+        input_size=s.input_size or base.input_size, channels=loaded.in_channels,
+        mean=s.mean or base.mean, std=s.std or base.std,
+        crop_ratio=base.crop_ratio,
+        class_names=class_names,
+    )
+
+
+def data_stage(rec: BuildRecord, ui: Ui) -> BuildRecord:
+    s, loaded = rec.settings, rec.loaded
+    eval_src = open_source(s.eval_data, "test", flag="--eval-data")
+    calib_src = open_source(s.calib_data, "train", flag="--calib-data")
+    check_classes(eval_src, loaded.num_classes, flag="--eval-data")
+    prep = _preprocessing(rec, eval_src.class_names)
+    eval_idx = choose(len(eval_src), s.eval_samples, seed=s.seed)
+    # Calibration never sees an evaluation image, also when both flags name the same folder.
+    exclude = eval_idx if same_images(eval_src, calib_src) else None
+    calib_idx = choose(len(calib_src), s.calib_samples, seed=s.seed + 1, exclude=exclude)
+    if len(calib_idx) < s.calib_samples:
+        raise DataError(
+            f"--calib-data: {calib_src.name} offers {len(calib_idx)} images (after setting aside the evaluation "
+            f"images) but --calib-samples asks for {s.calib_samples}. Lower --calib-samples or add images."
+        )
+    with ui.task("decode calibration", len(calib_idx)) as bar:
+        calib = decode(calib_src, calib_idx, prep, flag="--calib-data", progress=bar.advance)
+    with ui.task("decode evaluation", len(eval_idx)) as bar:
+        evals = decode(eval_src, eval_idx, prep, flag="--eval-data", progress=bar.advance)
+    for name, batch in (("calibration", calib), ("evaluation", evals)):
+        if batch.skipped:
+            ui.warn(f"{len(batch.skipped)} unreadable {name} image(s) skipped (first: {batch.skipped[0]})")
+    info = {
+        "calibration": {"source": calib_src.name, "count": len(calib), "sha256": calib.digest(),
+                        "skipped": len(calib.skipped), "seed": s.seed + 1},
+        "evaluation": {"source": eval_src.name, "count": len(evals), "skipped": len(evals.skipped), "seed": s.seed},
+    }
+    return replace(rec, prep=prep, calib=calib, evals=evals, data_info=info)
+
+
+def fold_stage(rec: BuildRecord, ui: Ui) -> BuildRecord:
+    folded, count = fold_batchnorm(rec.loaded.model)
+    sample = torch.from_numpy(rec.evals.inputs(rec.prep)[:64])
+    check = verify_fold(rec.loaded.model, folded, sample, count)
+    ui.info(f"fold: {count} conv+BN pairs folded, max |diff| {check.max_abs_diff:.2e} ({check.relative:.1e} of scale)")
+    return replace(rec, folded=folded, checks={**rec.checks, "fold": check.to_dict()})
+
+
+def export_stage(rec: BuildRecord, ui: Ui) -> BuildRecord:
+    path = rec.staging / bundle_io.MODEL_ONNX
+    metadata = {"resnet_deploy.preprocessing": rec.prep.to_json(), "resnet_deploy.arch": rec.loaded.arch,
+                "resnet_deploy.class_names": list(rec.prep.class_names)}
+    check = export_onnx(rec.folded, path, sample=rec.evals.inputs(rec.prep)[:64], metadata=metadata)
+    bundle_io.write_json(rec.staging / bundle_io.PREPROCESSING, rec.prep.to_dict())
+    ui.info(f"export: {path.name} opset {check.opset}, max |diff| vs PyTorch {check.max_abs_diff:.2e}")
+    return replace(rec, onnx=path, checks={**rec.checks, "export": check.to_dict()})
+
+
+def reference_stage(rec: BuildRecord, ui: Ui) -> BuildRecord:
+    model = rec.loaded.model.eval()
+    inputs = rec.evals.inputs(rec.prep)
+    with torch.inference_mode(), ui.task("reference (PyTorch FP32)", len(inputs)) as bar:
+        preds = predict(lambda x: model(torch.from_numpy(x)).numpy(), inputs, batch=256, progress=bar.advance)
+    acc = score(preds, rec.evals.labels, rec.loaded.num_classes)
+    ui.info(f"reference: PyTorch FP32 top-1 {acc.top1:.4f} on {len(inputs)} images")
+    ref = {"framework": "pytorch", "precision": "fp32", **acc.to_dict()}
+    return replace(rec, reference=ref, reference_preds=preds)
+
+
+def compile_stage(rec: BuildRecord, ui: Ui, target) -> BuildRecord:
+    ui.info(f"compile: {target.name} ({target.summary})")
+    inp = CompileInput(rec.onnx, rec.calib.inputs(rec.prep), rec.prep, dict(rec.settings.target_options))
+    # Quantizers draw their own progress bars on stdout; keep stdout for results (--json).
+    sink = open(os.devnull, "w") if ui.quiet else sys.stderr
+    try:
+        with contextlib.redirect_stdout(sink):
+            artifacts = target.compile(inp, rec.staging)
+    finally:
+        if sink is not sys.stderr:
+            sink.close()
+    return replace(rec, artifacts=rec.artifacts + tuple(artifacts))
+
+
+def _artifact_bytes(staging: Path, artifact: Artifact) -> int:
+    paths = [artifact.path, *artifact.extra.get("files", [])]
+    return sum((staging / p).stat().st_size for p in paths)
+
+
+def validate_stage(rec: BuildRecord, ui: Ui) -> BuildRecord:
+    s = rec.settings
+    inputs = rec.evals.inputs(rec.prep)
+    one = inputs[:1]
+    n_sample = bundle_io.eval_sample_count(rec.evals.pixels, limit=s.eval_sample_size)
+    rows = []
+    for artifact in rec.artifacts:
+        target = get_target(artifact.target)
+        runner = target.load(artifact, rec.staging, threads=s.threads)
+        label = f"{artifact.target} {artifact.precision}"
+        with ui.task(f"evaluate {label}", len(inputs)) as bar:
+            preds = predict(runner.run, inputs, progress=bar.advance)
+        acc = score(preds, rec.evals.labels, rec.loaded.num_classes, reference=rec.reference_preds)
+        lat = measure(runner.run, one, s.latency)
+        row = {"target": artifact.target, "precision": artifact.precision, "runtime": artifact.runtime,
+               "simulated": artifact.simulated, "runner": runner.description, **acc.to_dict(), **lat.to_dict(),
+               "artifact": artifact.path, "bytes": _artifact_bytes(rec.staging, artifact),
+               # top-1 on the images the bundle carries, so `bench` on the device compares like with like
+               "sample_top1": round(float((preds[:n_sample] == rec.evals.labels[:n_sample]).mean()), 6)}
+        if artifact.extra:
+            row["details"] = {k: v for k, v in artifact.extra.items() if k != "files"}
+            if "note" in artifact.extra:
+                row["note"] = artifact.extra["note"]
+        ui.info(f"validate: {label:22s} top-1 {acc.top1:.4f} agreement {acc.agreement:.4f} "
+                f"p50 {lat.p50:.3f} ms ({runner.description})")
+        rows.append(row)
+    return replace(rec, results=tuple(rows))
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "resnet-deploy": md.version("resnet-deploy")}
+    for pkg in ("torch", "onnx", "onnxruntime", "openvino", "nncf", "numpy", "tensorrt"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def report_stage(rec: BuildRecord, wall: float) -> BuildRecord:
+    s, loaded = rec.settings, rec.loaded
+    results = [dict(r) for r in rec.results]
+    g = gate(rec.reference["top1"], results, s.max_drop)
+    bundle_io.save_eval_sample(rec.staging / bundle_io.EVAL_SAMPLE, rec.evals.pixels, rec.evals.labels,
+                               rec.prep.class_names, limit=s.eval_sample_size)
+    report = {
+        "schema": SCHEMA,
+        "status": "passed" if g["passed"] else "failed",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {"arch": loaded.arch, "num_classes": loaded.num_classes, "input_shape": list(rec.prep.shape),
+                  "source": loaded.source, "shortcut": loaded.shortcut,
+                  "parameters": int(sum(p.numel() for p in loaded.model.parameters()))},
+        "preprocessing": rec.prep.to_dict(),
+        "data": rec.data_info,
+        "reference": rec.reference,
+        "results": results,
+        "gate": g,
+        "checks": rec.checks,
+        "stages": list(rec.stages),
+        "commands": {k: v for a in rec.artifacts for k, v in a.extra.get("commands", {}).items()},
+        "host": {"cpu": cpu_name(), "platform": platform.platform(), "python": sys.version.split()[0]},
+        "wall_seconds": round(wall, 2),
+        "artifacts": [a.to_dict() for a in rec.artifacts],
+    }
+    bundle_io.write_json(rec.staging / bundle_io.REPORT_JSON, report)
+    (rec.staging / "report.md").write_text(render_markdown(report))
+    bundle_io.write_manifest(rec.staging, versions=_versions(), args=s.to_args(), seed=s.seed,
+                             calibration={"count": rec.data_info["calibration"]["count"],
+                                          "sha256": rec.data_info["calibration"]["sha256"]})
+    return replace(rec, report=report)

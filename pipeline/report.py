@@ -1,0 +1,87 @@
+"""The build's reports: ``report.json`` for programs and ``report.md`` for people."""
+
+from __future__ import annotations
+
+from typing import Any
+
+SCHEMA = "resnet-deploy/report/1"
+
+
+def gate(reference_top1: float, results: list[dict[str, Any]], max_drop: float) -> dict[str, Any]:
+    """Every INT8 row (simulated ones too) may sit at most ``max_drop`` points below the FP32 reference."""
+    failures = []
+    for row in results:
+        if row["precision"] == "int8" and row.get("top1") is not None:
+            drop = (reference_top1 - row["top1"]) * 100
+            if drop > max_drop + 1e-9:
+                failures.append(f"{row['target']} int8: top-1 {row['top1']:.4f} is {drop:.2f} points below "
+                                f"the FP32 reference {reference_top1:.4f}")
+    return {"max_drop": max_drop, "passed": not failures, "failures": failures}
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v * 100:.2f}%"
+
+
+def _ms(row: dict[str, Any], key: str) -> str:
+    lat = row.get("latency_ms") or {}
+    return f"{lat[key]:.3f}" if key in lat else "-"
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    m, ref, g = report["model"], report["reference"], report["gate"]
+    status = "PASSED" if g["passed"] else "FAILED"
+    lines = [
+        f"# resnet-deploy report: {m['arch']} ({status})",
+        "",
+        f"- model: {m['arch']}, {m['num_classes']} classes, input {'x'.join(map(str, m['input_shape']))}, "
+        f"from `{m['source']}`",
+        f"- calibration: {report['data']['calibration']['count']} images from `{report['data']['calibration']['source']}`",
+        f"- evaluation: {report['data']['evaluation']['count']} images from `{report['data']['evaluation']['source']}`",
+        f"- reference (PyTorch FP32) top-1: **{_pct(ref['top1'])}**",
+        f"- gate: INT8 at most {g['max_drop']} points below the reference: **{status}**",
+        f"- host: {report['host']['cpu']}",
+        "",
+        "| target | precision | runtime | top-1 | drop (pts) | agreement | p50 ms | p90 ms | p99 ms | img/s | size |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        sim = " (simulated on CPU)" if r.get("simulated") else ""
+        drop = "-" if r.get("top1") is None else f"{(ref['top1'] - r['top1']) * 100:+.2f}"
+        lines.append(
+            f"| {r['target']} | {r['precision']}{sim} | {r['runtime']} | {_pct(r.get('top1'))} | {drop} | "
+            f"{_pct(r.get('agreement'))} | {_ms(r, 'p50')} | {_ms(r, 'p90')} | {_ms(r, 'p99')} | "
+            f"{r.get('throughput_ips', 0):.0f} | {_size(r.get('bytes'))} |"
+        )
+    for f in g["failures"]:
+        lines.append(f"\n**Gate failure:** {f}")
+    notes = [f"- {r['target']} {r['precision']}: {r['note']}" for r in report["results"] if r.get("note")]
+    if notes:
+        lines += ["", "## Notes", *notes]
+    checks = report.get("checks", {})
+    if checks:
+        lines += ["", "## Checks"]
+        if "fold" in checks:
+            c = checks["fold"]
+            lines.append(f"- BN folding: {c['folded_layers']} conv+BN pairs folded; max |diff| {c['max_abs_diff']:.2e} "
+                         f"({c['relative']:.2e} of the output scale, limit {c['tolerance']:.0e}); top-1 identical: {c['top1_equal']}")
+        if "export" in checks:
+            c = checks["export"]
+            lines.append(f"- ONNX export (opset {c['opset']}): onnx.checker passed; max |diff| vs PyTorch "
+                         f"{c['max_abs_diff']:.2e} on {c['samples']} images (atol {c['atol']}, rtol {c['rtol']}); "
+                         f"top-1 identical: {c['top1_equal']}")
+    stages = report.get("stages", [])
+    if stages:
+        lines += ["", "## Stages", "", "| stage | seconds | peak RSS MB |", "|---|---|---|"]
+        lines += [f"| {s['name']} | {s['seconds']:.2f} | {s['peak_rss_mb']:.0f} |" for s in stages]
+    if report.get("commands"):
+        lines += ["", "## Commands on the device"]
+        lines += [f"- {name}: `{cmd}`" for name, cmd in report["commands"].items()]
+    lines += ["", f"Build wall time: {report['wall_seconds']:.1f} s.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,309 @@
+"""The command line: thin Click commands that parse flags, call one library function and print."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from resnet_deploy import __version__
+from resnet_deploy.console import Ui
+from resnet_deploy.errors import ResnetDeployError
+
+pass_ui = click.make_pass_decorator(Ui, ensure=True)
+
+
+def _quiet_flag(ctx: click.Context, param, value: bool) -> bool:
+    if value:
+        ctx.ensure_object(Ui).quiet = True
+    return value
+
+
+quiet_option = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_quiet_flag,
+                            help="No progress bars or messages; errors only.")
+
+
+class _Group(click.Group):
+    """Turns domain errors into one paragraph on stderr and their exit code: never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ResnetDeployError as err:
+            click.secho(f"error: {err}", fg="red", err=True)
+            sys.exit(err.exit_code)
+        except KeyboardInterrupt:
+            click.secho("interrupted: nothing was written to the output folder.", fg="red", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as err:  # a bug of ours: say so in one paragraph; the traceback is opt-in
+            if os.environ.get("RESNET_DEPLOY_DEBUG"):
+                raise
+            click.secho(f"internal error: {err.__class__.__name__}: {err}. This is a bug in resnet-deploy; "
+                        "rerun with RESNET_DEPLOY_DEBUG=1 for the traceback and report it.", fg="red", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="resnet-deploy")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or messages; errors only.")
+@click.pass_context
+def main(ctx: click.Context, quiet: bool) -> None:
+    """Take a ResNet classifier from PyTorch to a validated INT8 deployment bundle."""
+    ctx.obj = Ui(quiet=quiet)
+    if quiet:
+        import logging
+
+        logging.getLogger("nncf").setLevel(logging.ERROR)
+
+
+def _floats(flag: str):
+    def convert(ctx, param, value):
+        if value is None:
+            return None
+        from resnet_deploy.calibration.preprocess import parse_floats
+
+        try:
+            return parse_floats(value, flag)
+        except ResnetDeployError as err:
+            raise click.BadParameter(str(err)) from None
+
+    return convert
+
+
+def _size(ctx, param, value):
+    if value is None:
+        return None
+    from resnet_deploy.calibration.preprocess import parse_size
+
+    try:
+        return parse_size(value)
+    except ResnetDeployError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+@main.command()
+@click.option("--arch", default="resnet20", show_default=True, help="Architecture (see `resnet-deploy archs`).")
+@click.option("--data", default="fashion-mnist", show_default=True,
+              help="Training images: fashion-mnist, an ImageFolder, a folder with train/ and test/, or IDX files.")
+@click.option("--test-data", default=None, help="Held-out images for top-1 after each epoch (default: the test split of --data).")
+@click.option("--epochs", type=int, default=15, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=0.1, show_default=True, help="Peak learning rate.")
+@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
+@click.option("--schedule", type=click.Choice(["onecycle", "cosine"]), default="onecycle", show_default=True)
+@click.option("--input-size", callback=_size, default=None, help="N or HxW (default: the images' own size).")
+@click.option("--channels", type=click.IntRange(1, 3), default=None, help="1 or 3 (default: from the images).")
+@click.option("--mean", callback=_floats("--mean"), default=None, help="Per-channel mean on [0,1] (default: measured).")
+@click.option("--std", callback=_floats("--std"), default=None, help="Per-channel std on [0,1] (default: measured).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=None, help="torch threads per process.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (default: runs/<arch>).")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
+@quiet_option
+@pass_ui
+def train(ui: Ui, arch, data, test_data, epochs, batch_size, lr, momentum, weight_decay, schedule,
+          input_size, channels, mean, std, seed, threads, out, resume) -> None:
+    """Train a ResNet (SGD, cosine/one-cycle LR, crops and flips); runs under torchrun too."""
+    from resnet_deploy.pipeline.train import TrainSettings
+    from resnet_deploy.pipeline.training_run import run_training
+
+    settings = TrainSettings(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                             weight_decay=weight_decay, schedule=schedule, seed=seed, threads=threads)
+    result = run_training(settings, data=data, test_data=test_data, out=out or Path("runs") / arch,
+                          input_size=input_size, channels=channels, mean=mean, std=std, resume=resume, ui=ui)
+    if result is not None:
+        click.echo(json.dumps({"weights": str(result.weights), "checkpoint": str(result.checkpoint),
+                               "test_top1": result.test_top1, "epochs": len(result.history)}))
+
+
+@main.command()
+def archs() -> None:
+    """List the architectures."""
+    from resnet_deploy.models import get_arch, list_archs
+
+    for name in list_archs():
+        spec = get_arch(name)
+        click.echo(f"{name:10s} {spec.family:8s} {spec.block:10s} blocks={list(spec.layers)}")
+
+
+@main.command()
+@click.option("--target", "targets", multiple=True, default=("openvino",), show_default=True,
+              help="openvino (alias cpu), onnxruntime, tensorrt, jetson, or all. Repeat for several.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help=".pt/.pth/.th/.tar or .safetensors (default: the embedded Fashion-MNIST resnet20).")
+@click.option("--arch", default=None, help="Architecture; without --checkpoint builds a random model (latency only).")
+@click.option("--num-classes", type=int, default=None, help="Classes (default: from the checkpoint).")
+@click.option("--input-size", callback=_size, default=None, help="N or HxW (default: the checkpoint's or the family's).")
+@click.option("--mean", callback=_floats("--mean"), default=None, help="Per-channel mean on [0,1], comma-separated.")
+@click.option("--std", callback=_floats("--std"), default=None, help="Per-channel std on [0,1], comma-separated.")
+@click.option("--calib-data", default=None, help="Calibration images (default: the training split of fashion-mnist).")
+@click.option("--calib-samples", type=int, default=300, show_default=True)
+@click.option("--eval-data", default=None, help="Labelled evaluation images (default: the test split of fashion-mnist).")
+@click.option("--eval-samples", type=int, default=None, help="Evaluation images (default: all).")
+@click.option("--max-drop", type=float, default=1.0, show_default=True,
+              help="Most top-1 points an INT8 row may lose against PyTorch FP32 before the build fails.")
+@click.option("--device", "device", default=None, help="Jetson profile for --target jetson (see `resnet-deploy devices`).")
+@click.option("--dla-core", type=int, default=None, help="Jetson DLA core for the engine (GPU fallback on).")
+@click.option("--max-batch", type=int, default=None, help="Largest batch of the TensorRT optimisation profile.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for choosing calibration/evaluation images.")
+@click.option("--threads", type=int, default=None, help="Runtime threads for validation and latency.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Bundle folder (default: build/<arch>-<target>).")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout (implies --quiet).")
+@quiet_option
+@pass_ui
+def build(ui: Ui, targets, checkpoint, arch, num_classes, input_size, mean, std, calib_data, calib_samples,
+          eval_data, eval_samples, max_drop, device, dla_core, max_batch, seed, threads, out, as_json) -> None:
+    """Load or train, fold BN, export ONNX, quantize to INT8, compile per target, validate, write a bundle."""
+    from resnet_deploy.pipeline.build import build as run_build
+    from resnet_deploy.pipeline.settings import BuildSettings
+
+    if as_json:
+        ui = Ui(quiet=True)
+    options = {k: v for k, v in (("device", device), ("dla_core", dla_core), ("max_batch", max_batch)) if v is not None}
+    settings = BuildSettings(
+        targets=tuple(targets), out=out, checkpoint=checkpoint, arch=arch, num_classes=num_classes,
+        input_size=input_size, mean=mean, std=std, calib_data=calib_data, calib_samples=calib_samples,
+        eval_data=eval_data, eval_samples=eval_samples, max_drop=max_drop, seed=seed, threads=threads,
+        target_options=options,
+    )
+    _quiet_libraries(ui)
+    try:
+        record = run_build(settings, ui=ui)
+    except ResnetDeployError as err:
+        if as_json and getattr(err, "exit_code", 0) == 4 and settings.out:
+            click.echo((settings.out / "report.json").read_text())
+        raise
+    if as_json:
+        click.echo(json.dumps(record.report, indent=2))
+    else:
+        _print_summary(ui, record.report, record.out)
+
+
+def _quiet_libraries(ui: Ui) -> None:
+    """NNCF and ONNX Runtime log at INFO and draw their own bars; keep them for errors only when quiet."""
+    import logging
+
+    for name in ("nncf", "onnxruntime", "openvino"):
+        logging.getLogger(name).setLevel(logging.ERROR if ui.quiet else logging.WARNING)
+
+
+def _print_summary(ui: Ui, report: dict, out: Path) -> None:
+    from rich.table import Table
+
+    ref = report["reference"]
+    table = Table(title=f"{report['model']['arch']}: PyTorch FP32 top-1 {ref['top1'] * 100:.2f}%")
+    for col in ("target", "precision", "top-1", "agreement", "p50 ms", "p99 ms", "img/s"):
+        table.add_column(col, justify="left" if col in ("target", "precision") else "right")
+    for r in report["results"]:
+        table.add_row(r["target"], r["precision"] + (" (sim)" if r.get("simulated") else ""), f"{r['top1'] * 100:.2f}%",
+                      f"{r['agreement'] * 100:.2f}%", f"{r['latency_ms']['p50']:.3f}", f"{r['latency_ms']['p99']:.3f}",
+                      f"{r['throughput_ips']:.0f}")
+    if not ui.quiet:
+        ui.console.print(table)
+    click.echo(f"{'passed' if report['gate']['passed'] else 'FAILED'}: bundle {out}, report {out / 'report.md'}")
+
+
+def _batches(ctx, param, value):
+    try:
+        out = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter("--batch takes comma-separated sizes such as 1,8,32") from None
+    if not out or min(out) < 1:
+        raise click.BadParameter("--batch sizes must be at least 1")
+    return out
+
+
+_runtime_opt = click.option("--runtime", type=click.Choice(["tensorrt", "openvino", "onnxruntime"]), default=None,
+                            help="Runtime to use (default: the best present: TensorRT, OpenVINO, ONNX Runtime).")
+_precision_opt = click.option("--precision", type=click.Choice(["int8", "fp16", "fp32"]), default=None,
+                              help="Model precision to use (default: INT8 where the bundle has it).")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top", type=click.IntRange(1, 100), default=5, show_default=True)
+@_runtime_opt
+@_precision_opt
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ui
+def infer(ui: Ui, bundle, images, top, runtime, precision, as_json) -> None:
+    """Classify IMAGES with a bundle: top classes and probabilities (no PyTorch needed)."""
+    from resnet_deploy.pipeline import device
+
+    b = device.open_bundle(bundle)
+    artifact = device.choose_artifact(b, runtime=runtime, precision=precision)
+    runner = device.load_runner(b, artifact)
+    results = device.infer(b, runner, images, top=top)
+    if as_json:
+        click.echo(json.dumps({"runner": runner.description, "artifact": artifact.path, "results": results}, indent=2))
+        return
+    ui.info(f"using {artifact.path} ({artifact.precision}) on {runner.description}")
+    for r in results:
+        click.echo(r["image"])
+        for t in r["top"]:
+            click.echo(f"  {t['probability'] * 100:6.2f}%  {t['class']}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@_runtime_opt
+@_precision_opt
+@click.option("--batch", "batches", callback=_batches, default="1", show_default=True, help="Batch sizes, e.g. 1,8,32.")
+@click.option("--threads", type=int, default=None, help="Runtime threads (default: the runtime's choice).")
+@click.option("--hint", type=click.Choice(["latency", "throughput"]), default=None,
+              help="OpenVINO performance hint (streams); default latency.")
+@click.option("--warmup", type=int, default=10, show_default=True)
+@click.option("--iterations", type=int, default=100, show_default=True, help="Minimum timed calls per batch size.")
+@click.option("--seconds", type=float, default=2.0, show_default=True, help="Minimum timed seconds per batch size.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Device report path (default: BUNDLE/device_report.json).")
+@click.option("--json", "as_json", is_flag=True, help="Print the device report as JSON.")
+@quiet_option
+@pass_ui
+def bench(ui: Ui, bundle, runtime, precision, batches, threads, hint, warmup, iterations, seconds, out, as_json) -> None:
+    """Latency (p50/p90/p99), throughput and accuracy of a bundle on this machine (no PyTorch needed)."""
+    from resnet_deploy.pipeline import device
+    from resnet_deploy.pipeline.bundle import write_json
+    from resnet_deploy.pipeline.latency import LatencySettings
+    from resnet_deploy.targets._cpu import cpu_name
+
+    b = device.open_bundle(bundle)
+    artifact = device.choose_artifact(b, runtime=runtime, precision=precision)
+    runner = device.load_runner(b, artifact, threads=threads, hint=hint)
+    ui.info(f"benchmarking {artifact.path} ({artifact.precision}) on {runner.description}")
+    settings = LatencySettings(warmup=warmup, min_iterations=iterations, max_iterations=max(iterations, 100_000),
+                               min_seconds=seconds)
+    result = device.bench(b, runner, artifact, batches=batches, latency=settings)
+    result["host"] = {"cpu": cpu_name(), "threads": threads, "hint": hint}
+    write_json(out or bundle / "device_report.json", result)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for row in result["latency"]:
+        lat = row["latency_ms"]
+        click.echo(f"batch {row['batch']:4d}: p50 {lat['p50']:.3f} ms  p90 {lat['p90']:.3f} ms  p99 {lat['p99']:.3f} ms"
+                   f"  {row['throughput_ips']:.0f} img/s  ({row['iterations']} runs)")
+    acc = result.get("accuracy")
+    if acc:
+        same = acc["build_top1_same_images"]
+        ref = f" (build measured {same * 100:.2f}% on the same images)" if same is not None else ""
+        click.echo(f"top-1 on {acc['images']} bundled images: {acc['top1'] * 100:.2f}%{ref}")
+
+
+@main.command()
+def targets() -> None:
+    """List the deployment targets and whether their runtimes are installed."""
+    from resnet_deploy.targets import get_target, list_targets
+
+    for name in list_targets():
+        t = get_target(name)
+        missing = t.missing()
+        state = "ready" if not missing else f"needs: pip install {' '.join(missing)}"
+        click.echo(f"{name:12s} {t.summary}  [{state}]")

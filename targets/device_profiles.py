@@ -1,0 +1,89 @@
+"""NVIDIA devices a TensorRT bundle can be built for: GPU, DLA cores, INT8 support and software stack.
+
+A profile fixes what the bundle is prepared for (the calibration-cache header, the trtexec flags,
+INT8 or FP16, whether a DLA core may be asked for). The engine itself is built on the device, which
+reads its real GPU and TensorRT version and keys the engine cache on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from resnet_deploy.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """One device: ``tensorrt`` is the version its JetPack (or a desktop install) ships, "major.minor.patch"."""
+
+    name: str
+    gpu: str
+    compute_capability: tuple[int, int]
+    dla_cores: int
+    fast_int8: bool
+    jetpack: str  # "" for a desktop/server GPU
+    tensorrt: str
+
+    def __post_init__(self) -> None:
+        if self.dla_cores < 0:
+            raise ConfigError(f"device profile {self.name}: dla_cores must be >= 0, got {self.dla_cores}.")
+        if len(self.tensorrt.split(".")) != 3:
+            raise ConfigError(f"device profile {self.name}: TensorRT version must be major.minor.patch, "
+                              f"got {self.tensorrt!r}.")
+
+    @property
+    def is_jetson(self) -> bool:
+        return bool(self.jetpack)
+
+    @property
+    def precision(self) -> str:
+        """INT8 where the GPU has fast INT8 kernels; otherwise FP16 (TensorRT would run INT8 slower than FP16)."""
+        return "int8" if self.fast_int8 else "fp16"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["compute_capability"] = list(self.compute_capability)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DeviceProfile":
+        major, minor = (int(v) for v in d["compute_capability"])
+        return cls(str(d["name"]), str(d["gpu"]), (major, minor), int(d["dla_cores"]), bool(d["fast_int8"]),
+                   str(d.get("jetpack", "")), str(d["tensorrt"]))
+
+
+# Versions are what each JetPack release installs: JetPack 6.1/6.2 -> TensorRT 10.3.0 (L4T r36.4),
+# JetPack 5.1.x -> TensorRT 8.5.2, JetPack 4.6.1+ -> TensorRT 8.2.1 (the last release for Nano/TX2).
+# Fast INT8 (DP4A / INT8 tensor cores) exists from sm 6.1 on, but not on the Tegra sm 5.3 and 6.2 parts.
+_PROFILES = (
+    DeviceProfile("orin-nano", "Jetson Orin Nano (Ampere)", (8, 7), 0, True, "6.1", "10.3.0"),
+    DeviceProfile("orin-nx", "Jetson Orin NX (Ampere)", (8, 7), 2, True, "6.1", "10.3.0"),
+    DeviceProfile("agx-orin", "Jetson AGX Orin (Ampere)", (8, 7), 2, True, "6.1", "10.3.0"),
+    DeviceProfile("xavier-nx", "Jetson Xavier NX (Volta)", (7, 2), 2, True, "5.1", "8.5.2"),
+    DeviceProfile("agx-xavier", "Jetson AGX Xavier (Volta)", (7, 2), 2, True, "5.1", "8.5.2"),
+    DeviceProfile("nano", "Jetson Nano (Maxwell)", (5, 3), 0, False, "4.6.1", "8.2.1"),
+    DeviceProfile("tx2", "Jetson TX2 (Pascal)", (6, 2), 0, False, "4.6.1", "8.2.1"),
+    # A discrete GPU: the real one is read on the machine that builds the engine; (7, 5) is the oldest
+    # architecture this profile assumes (Turing), which every TensorRT 10 release supports.
+    DeviceProfile("desktop", "NVIDIA data-center/desktop GPU", (7, 5), 0, True, "", "10.3.0"),
+)
+PROFILES: dict[str, DeviceProfile] = {p.name: p for p in _PROFILES}
+
+
+def get_profile(name: str) -> DeviceProfile:
+    try:
+        return PROFILES[name.lower()]
+    except KeyError:
+        raise ConfigError(
+            f"Unknown device {name!r} (--device). Known devices: {', '.join(PROFILES)}."
+        ) from None
+
+
+def jetson_profiles() -> list[str]:
+    return [name for name, p in PROFILES.items() if p.is_jetson]
+
+
+def has_fast_int8(compute_capability: tuple[int, int]) -> bool:
+    """Whether TensorRT has fast INT8 kernels on this GPU architecture (DP4A from sm 6.1; not sm 6.0/6.2)."""
+    return compute_capability == (6, 1) or compute_capability >= (7, 0)
