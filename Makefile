@@ -39,3 +39,11 @@ test-slow: install data
 
 clean:
 	rm -rf build .pytest_cache
+
+# On a machine with TensorRT and an NVIDIA GPU (a Jetson, or a desktop GPU): build the embedded default's
+# jetson bundle if missing, then build, validate and benchmark its engine in one short run.
+DEVICE_BUNDLE ?= build/jetson-demo
+device-check: install data
+	[ -f $(DEVICE_BUNDLE)/manifest.json ] || $(VENV)/bin/resnet-deploy build --target jetson --out $(DEVICE_BUNDLE)
+	$(PY) scripts/device_check.py $(DEVICE_BUNDLE)
+	$(PY) -m pytest -q -m tensorrt

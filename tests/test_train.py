@@ -158,7 +158,8 @@ def test_distributed_data_parallel_under_torchrun(tmp_path):
     write_idx_split(data, "train", images[:128], labels[:128].astype(np.uint8))
     write_idx_split(data, "t10k", images[128:], labels[128:].astype(np.uint8))
     out = tmp_path / "ddp"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    launcher_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in launcher_vars}
     env["OMP_NUM_THREADS"] = "1"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            cli, "train", "--data", str(data), "--epochs", "1", "--batch-size", "32", "--threads", "1",

@@ -1,0 +1,408 @@
+"""The build's report as one self-contained HTML page: tables plus plots, readable offline.
+
+Everything is inline (CSS, plots as base64 PNG drawn with matplotlib's Agg canvas) and a
+Content-Security-Policy forbids any network fetch, so ``report.html`` opens the same from a bundle
+copied to an air-gapped machine. matplotlib is imported inside ``render_html`` only: the on-device
+path imports this package without it. Without matplotlib the page keeps its tables and says why
+the plots are missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from html import escape
+from typing import Any, Callable
+
+# One colour per precision, the same in every plot.
+_COLOURS = {"fp32": "#4C72B0", "int8": "#DD8452", "fp16": "#55A868", "bf16": "#8172B3"}
+_REFERENCE_COLOUR = "#555555"
+_PERCENTILE_MARKERS = (("p50", "o"), ("p90", "D"), ("p99", "^"))
+# Above this many classes a per-class bar chart is unreadable; plot the sorted per-class change instead.
+_MAX_CLASS_BARS = 20
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#1d1d1f;
+ background:#f6f7f9;margin:0}
+main{max-width:1040px;margin:0 auto;padding:24px 28px 48px;background:#fff;min-height:100vh}
+h1{font-size:24px;margin:0 0 12px}h2{font-size:18px;margin:28px 0 10px;border-bottom:1px solid #e3e5e8;
+ padding-bottom:4px}
+.badge{display:inline-block;padding:2px 10px;border-radius:10px;font-size:13px;vertical-align:middle;color:#fff}
+.badge.passed{background:#2e7d32}.badge.failed{background:#c62828}
+dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 16px;margin:0}
+dl.facts dt{color:#5f6368}dl.facts dd{margin:0;word-break:break-all}
+table{border-collapse:collapse;width:100%;font-size:13px;margin:6px 0}
+th,td{border-bottom:1px solid #e3e5e8;padding:4px 8px;text-align:right;white-space:nowrap}
+th{background:#f1f3f5;font-weight:600}td.l,th.l{text-align:left}td.wrap{white-space:normal;min-width:7em;font-size:12px}
+tr.int8 td{background:#fff8f2}td.bad{color:#c62828;font-weight:600}
+.failure{background:#fdecea;border-left:4px solid #c62828;padding:6px 10px;margin:6px 0}
+.note{color:#5f6368;font-size:13px}
+figure{margin:8px 0}figure img{max-width:100%;height:auto;border:1px solid #eceef1}
+figcaption{color:#5f6368;font-size:12px}
+code{background:#f1f3f5;padding:0 3px;border-radius:3px}
+.scroll{overflow-x:auto}
+"""
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The report dict written by the build's report stage as a self-contained HTML document."""
+    try:
+        import matplotlib  # noqa: F401  (lazy: the device path must import this module without it)
+    except ImportError:
+        plot = None
+    else:
+        plot = _png
+    results = list(report.get("results", []))
+    ref = report.get("reference", {})
+    model = report.get("model", {})
+    g = report.get("gate", {"passed": report.get("status") == "passed", "failures": []})
+    status = "passed" if g.get("passed") else "failed"
+    classes = list(report.get("preprocessing", {}).get("class_names", []))
+
+    parts = [_header(report, model, ref, g, status)]
+    parts.append(_section("results", "Results per target", _results_table(results, ref)))
+    if plot is None:
+        parts.append('<p class="note">Plots are missing: matplotlib is not installed '
+                     "(<code>pip install resnet-deploy[build]</code>).</p>")
+    else:
+        parts.append(_section("accuracy", "Top-1: FP32 vs INT8", _figure(plot, _accuracy_plot, results, ref,
+                              caption="Dashed line: the PyTorch FP32 reference every INT8 row is gated against.")))
+        sampled = any(r.get("samples_ms") for r in results)
+        batches = sorted({r["batch"] for r in results if "batch" in r})
+        lat_title = "Latency distribution" + (f" (batch {', '.join(map(str, batches))})" if batches else "")
+        parts.append(_section("latency", lat_title, _figure(
+            plot, _latency_plot, results,
+            caption=("Boxes: the raw per-call samples (whiskers at p1/p99); markers: p50, p90, p99."
+                     if sampled else "p50, p90 and p99 of the per-call wall time; raw samples were not recorded."))))
+        parts.append(_section("sizes", "Model sizes", _figure(plot, _size_plot, results)))
+    parts.append(_section("per-class", "Per-class top-1: FP32 vs INT8", _per_class(plot, results, ref, classes)))
+    parts.append(_section("stages", "Build stages", _stages(plot, report.get("stages", []))))
+    parts.append(_section("checks", "Checks", _checks(report)))
+    title = f"resnet-deploy report: {model.get('arch', 'model')} ({status})"
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        # No network: only inline styles and data: images may load.
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
+        "style-src 'unsafe-inline'\">"
+        "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head>\n<body><main>\n"
+        + "\n".join(parts) + "\n</main></body></html>\n"
+    )
+
+
+# --- sections ---------------------------------------------------------------------------------------
+
+def _section(ident: str, title: str, body: str) -> str:
+    return f'<section id="{ident}"><h2>{escape(title)}</h2>\n{body}\n</section>'
+
+
+def _header(report: dict, model: dict, ref: dict, g: dict, status: str) -> str:
+    data = report.get("data", {})
+    facts = [
+        ("model", f"{model.get('arch', '?')}, {model.get('num_classes', '?')} classes, input "
+                  f"{'x'.join(map(str, model.get('input_shape', [])))}, from {model.get('source', '?')}"),
+        ("reference", f"PyTorch FP32 top-1 {_pct(ref.get('top1'))}"),
+        ("gate", f"INT8 at most {g.get('max_drop', '?')} points below the reference: {status.upper()}"),
+    ]
+    for key in ("calibration", "evaluation"):
+        if key in data:
+            facts.append((key, f"{data[key].get('count', '?')} images from {data[key].get('source', '?')}"))
+    host = report.get("host", {})
+    if host:
+        facts.append(("host", f"{host.get('cpu', '?')} ({host.get('platform', '')})"))
+    if "created" in report:
+        facts.append(("created", str(report["created"])))
+    if "wall_seconds" in report:
+        facts.append(("build time", f"{report['wall_seconds']:.1f} s"))
+    dl = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in facts)
+    failures = "".join(f'<div class="failure">Gate failure: {escape(f)}</div>' for f in g.get("failures", []))
+    return (f'<header><h1>resnet-deploy report: {escape(str(model.get("arch", "model")))} '
+            f'<span class="badge {status}">{status.upper()}</span></h1>\n<dl class="facts">{dl}</dl>{failures}</header>')
+
+
+def _results_table(results: list[dict], ref: dict) -> str:
+    head = ("<tr><th class=l>target</th><th class=l>precision</th><th class=l>runtime</th><th>top-1</th>"
+            "<th>drop (pts)</th><th>agreement</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>img/s</th>"
+            "<th>size</th><th class=l>runner</th></tr>")
+    rows = []
+    for r in results:
+        lat = r.get("latency_ms") or {}
+        drop = None if r.get("top1") is None or ref.get("top1") is None else (ref["top1"] - r["top1"]) * 100
+        sim = " (simulated on CPU)" if r.get("simulated") else ""
+        rows.append(
+            f'<tr class="{escape(str(r.get("precision", "")))}"><td class=l>{escape(str(r.get("target", "")))}</td>'
+            f'<td class="l wrap">{escape(str(r.get("precision", "")))}{escape(sim)}</td>'
+            f'<td class=l>{escape(str(r.get("runtime", "")))}</td><td>{_pct(r.get("top1"))}</td>'
+            f'<td>{"-" if drop is None else f"{drop:+.2f}"}</td><td>{_pct(r.get("agreement"))}</td>'
+            f'<td>{_ms(lat.get("p50"))}</td><td>{_ms(lat.get("p90"))}</td><td>{_ms(lat.get("p99"))}</td>'
+            f'<td>{_num(r.get("throughput_ips"), "{:.0f}")}</td><td>{_size(r.get("bytes"))}</td>'
+            f'<td class="l wrap">{escape(str(r.get("runner", "")))}</td></tr>'
+        )
+    notes = "".join(f"<li>{escape(str(r.get('target')))} {escape(str(r.get('precision')))}: {escape(str(r['note']))}</li>"
+                    for r in results if r.get("note"))
+    table = f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>'
+    return table + (f'<ul class="note">{notes}</ul>' if notes else "")
+
+
+def _per_class(plot, results: list[dict], ref: dict, classes: list[str]) -> str:
+    rows = [r for r in results if r.get("per_class_top1")]
+    if not rows:
+        return '<p class="note">No per-class figures in this report.</p>'
+    n = len(rows[0]["per_class_top1"])
+    names = classes if len(classes) == n else [str(i) for i in range(n)]
+    body = _figure(plot, _per_class_plot, rows, ref, names) if plot else ""
+    if n > _MAX_CLASS_BARS:
+        return body + f'<p class="note">{n} classes: the table is left out; the plot shows every class.</p>'
+    head = "<tr><th class=l>row</th>" + "".join(f"<th>{escape(c)}</th>" for c in names) + "</tr>"
+    lines = []
+    if ref.get("per_class_top1"):
+        lines.append("<tr><td class=l>PyTorch fp32 (reference)</td>"
+                     + "".join(f"<td>{_pct(v)}</td>" for v in ref["per_class_top1"]) + "</tr>")
+    fp32 = {r["target"]: r["per_class_top1"] for r in rows if r.get("precision") == "fp32"}
+    for r in rows:
+        base = fp32.get(r.get("target")) if r.get("precision") != "fp32" else None
+        cells = []
+        for i, v in enumerate(r["per_class_top1"]):
+            # Mark a class that lost more than 5 points against the same target's FP32.
+            worse = base is not None and _finite(v) and _finite(base[i]) and base[i] - v > 0.05
+            cells.append(f'<td{" class=bad" if worse else ""}>{_pct(v)}</td>')
+        lines.append(f"<tr><td class=l>{escape(_label(r))}</td>{''.join(cells)}</tr>")
+    return body + f'<div class="scroll"><table>{head}{"".join(lines)}</table></div>'
+
+
+def _stages(plot, stages: list[dict]) -> str:
+    if not stages:
+        return '<p class="note">No stage timings in this report.</p>'
+    rows = "".join(f"<tr><td class=l>{escape(str(s.get('name')))}</td><td>{_num(s.get('seconds'), '{:.2f}')}</td>"
+                   f"<td>{_num(s.get('peak_rss_mb'), '{:.0f}')}</td></tr>" for s in stages)
+    table = f"<table><tr><th class=l>stage</th><th>seconds</th><th>peak RSS MB</th></tr>{rows}</table>"
+    return (_figure(plot, _stages_plot, stages) if plot else "") + table
+
+
+def _checks(report: dict) -> str:
+    checks = report.get("checks", {})
+    items = []
+    if "fold" in checks:
+        c = checks["fold"]
+        items.append(f"BN folding: {c.get('folded_layers')} conv+BN pairs folded; max |diff| "
+                     f"{_num(c.get('max_abs_diff'), '{:.2e}')} ({_num(c.get('relative'), '{:.2e}')} of the output "
+                     f"scale, limit {_num(c.get('tolerance'), '{:.0e}')}); top-1 identical: {c.get('top1_equal')}")
+    if "export" in checks:
+        c = checks["export"]
+        items.append(f"ONNX export (opset {c.get('opset')}): {c.get('checker', 'onnx.checker')} passed; max |diff| vs "
+                     f"PyTorch {_num(c.get('max_abs_diff'), '{:.2e}')} on {c.get('samples')} images "
+                     f"(atol {c.get('atol')}, rtol {c.get('rtol')}); top-1 identical: {c.get('top1_equal')}")
+    for name, cmd in report.get("commands", {}).items():
+        items.append(f"device command {name}: {cmd}")
+    if not items:
+        return '<p class="note">No checks recorded.</p>'
+    return "<ul>" + "".join(f"<li>{escape(i)}</li>" for i in items) + "</ul>"
+
+
+# --- plots (matplotlib, Agg canvas, no pyplot state) --------------------------------------------------
+
+def _figure(plot, draw: Callable, *args: Any, caption: str = "") -> str:
+    png = plot(draw, *args)
+    if png is None:
+        return '<p class="note">Nothing to plot.</p>'
+    cap = f"<figcaption>{escape(caption)}</figcaption>" if caption else ""
+    return f'<figure><img alt="{escape(draw.__name__.strip("_").replace("_", " "))}" ' \
+           f'src="data:image/png;base64,{png}">{cap}</figure>'
+
+
+def _png(draw: Callable, *args: Any) -> str | None:
+    """Call ``draw(fig, *args)`` on a fresh Agg figure; base64 PNG, or None when it drew nothing."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9.6, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    if draw(fig, *args) is False:
+        return None
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _accuracy_plot(fig, results: list[dict], ref: dict) -> bool:
+    rows = [r for r in results if r.get("top1") is not None]
+    if not rows:
+        return False
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    precisions = list(dict.fromkeys(r["precision"] for r in rows))
+    ax = fig.add_subplot()
+    width = 0.8 / len(precisions)
+    labelled: set[str] = set()
+    for j, prec in enumerate(precisions):
+        for i, t in enumerate(targets):
+            row = next((r for r in rows if r["target"] == t and r["precision"] == prec), None)
+            if row is None:
+                continue
+            x = i + (j - (len(precisions) - 1) / 2) * width
+            v = row["top1"] * 100
+            hatch = "//" if row.get("simulated") else None
+            ax.bar(x, v, width * 0.95, color=_COLOURS.get(prec, "#999999"), hatch=hatch,
+                   label=None if prec in labelled else prec)
+            labelled.add(prec)
+            ax.annotate(f"{v:.1f}", (x, v), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
+                        textcoords="offset points")
+    if ref.get("top1") is not None:
+        ax.axhline(ref["top1"] * 100, color=_REFERENCE_COLOUR, ls="--", lw=1, label="PyTorch FP32")
+    ax.set_xticks(range(len(targets)), targets)
+    ax.set_ylabel("top-1 (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # outside: bars reach any height
+    ax.grid(axis="y", alpha=0.3)
+    return True
+
+
+def _latency_plot(fig, results: list[dict]) -> bool:
+    rows = [r for r in results if r.get("latency_ms") or r.get("samples_ms")]
+    if not rows:
+        return False
+    fig.set_size_inches(9.6, 0.55 * len(rows) + 1.4)
+    ax = fig.add_subplot()
+    ys = list(range(len(rows)))[::-1]  # first row on top
+    lo, hi = math.inf, 0.0
+    for y, r in zip(ys, rows):
+        colour = _COLOURS.get(r.get("precision"), "#999999")
+        samples = [s for s in r.get("samples_ms") or [] if _finite(s)]
+        if samples:
+            style = dict(positions=[y], whis=(1, 99), widths=0.5, showfliers=False, patch_artist=True,
+                         boxprops={"facecolor": colour, "alpha": 0.35, "edgecolor": colour},
+                         medianprops={"color": colour}, whiskerprops={"color": colour}, capprops={"color": colour})
+            try:
+                ax.boxplot([samples], orientation="horizontal", **style)  # matplotlib >= 3.10
+            except TypeError:
+                ax.boxplot([samples], vert=False, **style)
+            lo, hi = min(lo, min(samples)), max(hi, max(samples))
+        lat = r.get("latency_ms") or {}
+        for key, marker in _PERCENTILE_MARKERS:
+            if _finite(lat.get(key)):
+                ax.plot(lat[key], y, marker=marker, color=colour, ms=6, ls="none", markeredgecolor="black",
+                        markeredgewidth=0.5)
+                lo, hi = min(lo, lat[key]), max(hi, lat[key])
+        if _finite(lat.get("p50")):
+            ax.annotate(f"{lat['p50']:.2f} ms", (lat["p50"], y), xytext=(0, 7), textcoords="offset points",
+                        ha="center", fontsize=8)
+    if hi > 0 and lo > 0 and hi / lo > 8:
+        from matplotlib.ticker import FuncFormatter, LogLocator
+
+        ax.set_xscale("log")  # INT8 and FP32 rows differ by an order of magnitude on small models
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.set_yticks(ys, [_label(r) for r in rows])
+    ax.set_ylim(min(ys) - 0.7, max(ys) + 0.7)
+    ax.set_xlabel("ms per call")
+    ax.grid(axis="x", alpha=0.3, which="both")
+    from matplotlib.lines import Line2D
+
+    keys = [Line2D([], [], marker=m, ls="none", color="#bbbbbb", markeredgecolor="black", markeredgewidth=0.5,
+                   label=k) for k, m in _PERCENTILE_MARKERS]
+    ax.legend(handles=keys, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    return True
+
+
+def _size_plot(fig, results: list[dict]) -> bool:
+    rows = [r for r in results if r.get("bytes")]
+    if not rows:
+        return False
+    fig.set_size_inches(9.6, 0.45 * len(rows) + 1.2)
+    ax = fig.add_subplot()
+    ys = list(range(len(rows)))[::-1]
+    mb = [r["bytes"] / 1e6 for r in rows]
+    ax.barh(ys, mb, color=[_COLOURS.get(r.get("precision"), "#999999") for r in rows], height=0.6)
+    for y, v in zip(ys, mb):
+        ax.annotate(f"{v:.2f} MB", (v, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set_yticks(ys, [_label(r) for r in rows])
+    ax.set_xlabel("MB on disk")
+    ax.set_xlim(0, max(mb) * 1.18)
+    ax.grid(axis="x", alpha=0.3)
+    return True
+
+
+def _per_class_plot(fig, rows: list[dict], ref: dict, names: list[str]) -> bool:
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    n = len(names)
+    fig.set_size_inches(9.6, 2.3 * len(targets) + 0.8)
+    axes = fig.subplots(len(targets), 1, squeeze=False, sharex=True)[:, 0]
+    for ax, t in zip(axes, targets):
+        mine = [r for r in rows if r["target"] == t]
+        if n <= _MAX_CLASS_BARS:
+            width = 0.8 / len(mine)
+            for j, r in enumerate(mine):
+                xs = [i + (j - (len(mine) - 1) / 2) * width for i in range(n)]
+                vals = [v * 100 if _finite(v) else 0.0 for v in r["per_class_top1"]]
+                ax.bar(xs, vals, width * 0.95, color=_COLOURS.get(r["precision"], "#999999"), label=r["precision"])
+            if ref.get("per_class_top1"):
+                ax.plot(range(n), [v * 100 if _finite(v) else math.nan for v in ref["per_class_top1"]],
+                        ls="none", marker="_", ms=14, color=_REFERENCE_COLOUR, label="PyTorch FP32")
+            ax.set_ylim(0, 105)
+            ax.set_ylabel("top-1 (%)")
+        else:
+            # Too many classes for bars: each row's per-class change against the reference, sorted.
+            base = ref.get("per_class_top1")
+            for r in mine:
+                if not base:
+                    break
+                delta = sorted((v - b) * 100 for v, b in zip(r["per_class_top1"], base) if _finite(v) and _finite(b))
+                ax.plot(delta, color=_COLOURS.get(r["precision"], "#999999"), label=r["precision"])
+            ax.axhline(0, color=_REFERENCE_COLOUR, lw=0.8)
+            ax.set_ylabel("points vs FP32")
+        ax.set_title(t, fontsize=10, loc="left")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if n <= _MAX_CLASS_BARS:
+        axes[-1].set_xticks(range(n), names, rotation=30 if max(map(len, names)) > 6 else 0, ha="right"
+                            if max(map(len, names)) > 6 else "center", fontsize=8)
+    else:
+        axes[-1].set_xlabel("classes, sorted by change")
+    return True
+
+
+def _stages_plot(fig, stages: list[dict]) -> bool:
+    fig.set_size_inches(9.6, 0.4 * len(stages) + 1.2)
+    ax = fig.add_subplot()
+    ys = list(range(len(stages)))[::-1]
+    secs = [float(s.get("seconds") or 0.0) for s in stages]
+    ax.barh(ys, secs, color="#4C72B0", height=0.6)
+    for y, s, st in zip(ys, secs, stages):
+        rss = st.get("peak_rss_mb")
+        text = f"{s:.2f} s" + (f"  ({rss:.0f} MB peak)" if _finite(rss) else "")
+        ax.annotate(text, (s, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set_yticks(ys, [str(s.get("name")) for s in stages])
+    ax.set_xlabel("seconds")
+    ax.set_xlim(0, max(max(secs), 1e-3) * 1.3)
+    ax.grid(axis="x", alpha=0.3)
+    return True
+
+
+# --- formatting -----------------------------------------------------------------------------------
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _label(r: dict) -> str:
+    return f"{r.get('target')} {r.get('precision')}" + (" (sim)" if r.get("simulated") else "")
+
+
+def _pct(v: Any) -> str:
+    return f"{v * 100:.2f}%" if _finite(v) else "-"
+
+
+def _ms(v: Any) -> str:
+    return f"{v:.3f}" if _finite(v) else "-"
+
+
+def _num(v: Any, fmt: str) -> str:
+    return fmt.format(v) if _finite(v) else "-"
+
+
+def _size(n: Any) -> str:
+    if not _finite(n):
+        return "-"
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"

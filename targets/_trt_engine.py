@@ -1,0 +1,261 @@
+"""The TensorRT SDK layer: build (or reuse) the engine a bundle's build_config.json describes.
+
+TensorRT and cuda-python are imported inside the functions that need them, never at import time.
+API versions used (TensorRT Python API reference of each release):
+- ``create_network``: the EXPLICIT_BATCH flag is required for ONNX before 10.0 and deprecated in 10.0
+  (explicit batch is then the only mode);
+- ``IBuilderConfig.set_memory_pool_limit(MemoryPoolType.WORKSPACE, bytes)``: 8.4+ (``max_workspace_size``
+  before, removed in 10.0); ``build_serialized_network`` and the timing-cache calls: 8.0+;
+- ``int8_calibrator`` with ``IInt8EntropyCalibrator2`` (implicit INT8): deprecated in 10.1 with implicit
+  quantization, still working through 10.x, and the only INT8 route DLA takes.
+Running an engine is ``_trt_runner``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from resnet_deploy.calibration.trt_cache import header_version, read_cache, retarget_cache, version_code
+from resnet_deploy.errors import BundleError, DependencyError, VerificationError
+from resnet_deploy.targets import _engine_cache as cache
+from resnet_deploy.targets._trt_config import BUILD_CONFIG, TrtBuildConfig
+from resnet_deploy.targets.base import Artifact
+from resnet_deploy.targets.device_profiles import has_fast_int8
+
+DEVICE_ARTIFACTS = "device_artifacts.json"  # engines built on the device; the device side reads it
+ENGINES = "engines"
+
+_INSTALL_HINT = ("On a Jetson, TensorRT comes with JetPack (`sudo apt install nvidia-jetpack`, Python module "
+                 "python3-libnvinfer); on a desktop GPU `pip install tensorrt cuda-python`.")
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    compute_capability: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class EngineBuild:
+    path: Path
+    key: cache.EngineKey
+    reused: bool
+    reason: str
+    note: str = ""  # e.g. why the engine is FP16 although the bundle asked for INT8
+
+
+def tensorrt_available() -> bool:
+    try:
+        return importlib.util.find_spec("tensorrt") is not None
+    except ValueError:  # imported already, without a spec
+        return sys.modules.get("tensorrt") is not None
+
+
+def import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise DependencyError(f"TensorRT is not installed, so no engine can be built or run here. {_INSTALL_HINT}"
+                              ) from None
+    return trt
+
+
+def cuda_runtime():
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6 layout
+    except ImportError:
+        try:
+            from cuda import cudart  # older cuda-python
+        except ImportError:
+            raise DependencyError("TensorRT runs need cuda-python for GPU buffers: `pip install cuda-python` "
+                                  "(the major version matching the CUDA of the device).") from None
+    return cudart
+
+
+def check_cuda(cudart, result: Any, what: str):
+    err, *rest = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise BundleError(f"CUDA call {what} failed ({err}); is the NVIDIA driver working (nvidia-smi / tegrastats)?")
+    return rest[0] if len(rest) == 1 else rest
+
+
+def gpu_info() -> GpuInfo | None:
+    """The first CUDA device, or None without cuda-python or a GPU."""
+    try:
+        cudart = cuda_runtime()
+    except DependencyError:
+        return None
+    err, count = cudart.cudaGetDeviceCount()
+    if int(err) != 0 or count < 1:
+        return None
+    props = check_cuda(cudart, cudart.cudaGetDeviceProperties(0), "cudaGetDeviceProperties")
+    name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
+    return GpuInfo(name.rstrip("\x00").strip(), (int(props.major), int(props.minor)))
+
+
+def engine_ready() -> bool:
+    """Whether this machine can build and run engines: TensorRT importable and a GPU visible."""
+    return tensorrt_available() and gpu_info() is not None
+
+
+# --- building -------------------------------------------------------------------------------------
+
+def _cache_calibrator(trt, cache_bytes: bytes):
+    """An IInt8EntropyCalibrator2 that only replays the bundle's cache (it has no images to give)."""
+
+    class CacheCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+
+        def get_batch_size(self) -> int:
+            return 1
+
+        def get_batch(self, names):  # noqa: ARG002 - TensorRT only asks when the cache is refused
+            return None
+
+        def read_calibration_cache(self) -> bytes:
+            return cache_bytes
+
+        def write_calibration_cache(self, data) -> None:  # noqa: ARG002
+            return None
+
+    return CacheCalibrator()
+
+
+def build_plan(cfg: TrtBuildConfig, onnx: Path, *, mode: str, precision: str, calibration: Path | None,
+               timing_cache: Path) -> bytes:
+    """Parse ``onnx`` and build a serialized engine with ``cfg``'s profile, precision, DLA and workspace."""
+    trt = import_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    major = int(trt.__version__.split(".")[0])
+    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise VerificationError(f"TensorRT could not parse {onnx.name}: {errors}")
+
+    config = builder.create_builder_config()
+    if hasattr(config, "set_memory_pool_limit"):
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mb << 20)
+    else:
+        config.max_workspace_size = cfg.workspace_mb << 20
+    profile = builder.create_optimization_profile()
+    lo, opt, hi = cfg.shapes()
+    profile.set_shape(cfg.input_name, lo, opt, hi)
+    config.add_optimization_profile(profile)
+
+    # Weakly typed networks (the default here): "to enable any quantization operations, the INT8 flag must
+    # be set" (TensorRT developer guide, 8.x; the same holds for weak typing in 10.x), for Q/DQ networks and
+    # calibration alike. FP16 too, for the layers left unquantized; DLA runs nothing in FP32.
+    config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+        if mode == "implicit":
+            config.int8_calibrator = _cache_calibrator(trt, calibration.read_bytes())
+            config.set_calibration_profile(profile)
+    if cfg.dla_core is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = cfg.dla_core
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+
+    timing = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+    config.set_timing_cache(timing, ignore_mismatch=False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise VerificationError(f"TensorRT could not build an engine from {onnx.name} ({precision}, "
+                                f"DLA core {cfg.dla_core}); run the bundle's trtexec.sh --verbose for the reason.")
+    timing_cache.write_bytes(memoryview(config.get_timing_cache().serialize()))
+    return bytes(plan)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def build_engine(folder: Path, *, dla_core: int | None = None, force: bool = False,
+                 cache_dir: Path | None = None) -> EngineBuild:
+    """Build (or reuse from the cache) the engine described by ``folder/build_config.json`` on this GPU."""
+    trt = import_tensorrt()
+    gpu = gpu_info()
+    if gpu is None:
+        raise DependencyError("No CUDA GPU is visible here (or cuda-python is missing): TensorRT engines are "
+                              f"built on the device. {_INSTALL_HINT}")
+    cfg = TrtBuildConfig.read(folder)
+    if dla_core is not None:
+        cfg = cfg.with_dla(dla_core)
+    version = ".".join(trt.__version__.split(".")[:3])
+    precision, note = cfg.precision, ""
+    if precision == "int8" and not has_fast_int8(gpu.compute_capability):
+        precision = "fp16"
+        note = f"{gpu.name} (sm {gpu.compute_capability[0]}.{gpu.compute_capability[1]}) has no fast INT8: FP16 engine."
+    mode = cfg.mode(trt_version=version) if precision == "int8" else "none"
+    onnx = folder / cfg.onnx_for(mode)
+    cache_dir = cache_dir or folder / ENGINES
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    calibration = None
+    if mode == "implicit":
+        calibration = _calibration_for(folder / cfg.calibration_cache, cache_dir, version)
+    key = cache.EngineKey(version, gpu.name, gpu.compute_capability, cfg.dla_core, precision,
+                          cache.sha256_file(onnx), cfg.shapes(),
+                          cache.sha256_file(calibration) if calibration else None)
+    found = cache.lookup(cache_dir, key)
+    if found.engine is not None and not force:
+        return EngineBuild(found.engine, key, True, found.reason, note)
+    timing = cache_dir / f"timing_{_slug(gpu.name)}_trt{version}.cache"
+    plan = build_plan(cfg, onnx, mode=mode, precision=precision, calibration=calibration, timing_cache=timing)
+    reason = "forced rebuild" if force and found.engine is not None else found.reason
+    return EngineBuild(cache.store(cache_dir, key, plan), key, False, reason, note)
+
+
+def _calibration_for(bundled: Path, cache_dir: Path, version: str) -> Path:
+    """The bundle's calibration cache under this TensorRT's header (TensorRT refuses another version's)."""
+    header, _ = read_cache(bundled)
+    if header_version(header) == version_code(version):
+        return bundled
+    return retarget_cache(bundled, cache_dir / f"calibration_trt{version}.cache", trt_version=version)
+
+
+def find_target_folder(bundle: Path) -> Path:
+    """The folder of the bundle holding build_config.json (jetson/ before tensorrt/ on a Jetson)."""
+    if (bundle / BUILD_CONFIG).is_file():
+        return bundle
+    found = [p.parent for p in sorted(bundle.glob(f"*/{BUILD_CONFIG}"))]
+    if not found:
+        raise BundleError(f"{bundle} holds no TensorRT build ({BUILD_CONFIG}); build it with --target jetson or "
+                          "--target tensorrt.")
+    on_jetson = Path("/etc/nv_tegra_release").exists()
+    return sorted(found, key=lambda p: (p.name != ("jetson" if on_jetson else "tensorrt"), p.name))[0]
+
+
+def device_build(bundle: Path, *, dla_core: int | None = None, force: bool = False,
+                 cache_dir: Path | None = None) -> Path:
+    """On the device: build or reuse the bundle's engine, record it in device_artifacts.json, return its path.
+
+    ``dla_core`` overrides the bundle's choice (None keeps it); ``force`` rebuilds even a valid cached engine.
+    """
+    folder = find_target_folder(bundle)
+    built = build_engine(folder, dla_core=dla_core, force=force, cache_dir=cache_dir)
+    cfg = TrtBuildConfig.read(folder)
+    try:
+        rel = str(built.path.resolve().relative_to(bundle.resolve()))
+    except ValueError:
+        rel = str(built.path.resolve())
+    extra: dict[str, Any] = {"engine_key": built.key.to_dict(), "cache": built.reason}
+    if built.note:
+        extra["note"] = built.note
+    artifact = Artifact(cfg.target, built.key.precision, rel, "tensorrt", extra=extra)
+    record = bundle / DEVICE_ARTIFACTS
+    kept = []
+    if record.is_file():
+        kept = [a for a in json.loads(record.read_text())
+                if not (a.get("target") == cfg.target and a.get("runtime") == "tensorrt")]
+    record.write_text(json.dumps([artifact.to_dict(), *kept], indent=2) + "\n")
+    return built.path

@@ -1,0 +1,74 @@
+"""The ``trtexec`` command that builds the same engine as ``device_build``, for people who prefer it.
+
+Flag spelling follows trtexec's help of each release: ``--memPoolSize=workspace:N`` since 8.4
+(MiB; 10.x also takes a unit suffix, written here as ``M``), ``--workspace=N`` before 8.4 (removed
+in 10.0); ``--calib`` feeds a calibration cache to implicit INT8 (8.x and DLA); ``--useDLACore`` with
+``--allowGPUFallback`` puts supported layers on a DLA core; min/opt/max shapes give the batch range.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from resnet_deploy.calibration.trt_cache import parse_version
+from resnet_deploy.targets._trt_config import TrtBuildConfig
+
+
+def _shape(name: str, shape: tuple[int, ...]) -> str:
+    return f"{name}:{'x'.join(str(d) for d in shape)}"
+
+
+def engine_name(cfg: TrtBuildConfig) -> str:
+    where = f"_dla{cfg.dla_core}" if cfg.dla_core is not None else ""
+    return f"model_{cfg.precision}{where}.engine"
+
+
+def trtexec_args(cfg: TrtBuildConfig, *, trt_version: str | None = None, engine: str | None = None,
+                 timing_cache: str = "timing.cache", calibration_cache: str | None = None) -> list[str]:
+    """trtexec's arguments (without the program), paths relative to the target folder."""
+    version = trt_version or cfg.profile.tensorrt
+    major_minor = parse_version(version)[:2]
+    mode = cfg.mode(trt_version=version)
+    args = [f"--onnx={cfg.onnx_for(mode)}", f"--saveEngine={engine or engine_name(cfg)}"]
+    if cfg.precision == "int8":
+        args += ["--int8", "--fp16"]  # FP16 for the layers left unquantized (pooling, the classifier's add)
+    else:
+        args += ["--fp16"]
+    if mode == "implicit":
+        args.append(f"--calib={calibration_cache or cfg.calibration_cache}")
+    if cfg.dla_core is not None:
+        args += [f"--useDLACore={cfg.dla_core}", "--allowGPUFallback"]
+    lo, opt, hi = cfg.shapes()
+    args += [f"--minShapes={_shape(cfg.input_name, lo)}", f"--optShapes={_shape(cfg.input_name, opt)}",
+             f"--maxShapes={_shape(cfg.input_name, hi)}"]
+    if major_minor >= (10, 0):
+        args.append(f"--memPoolSize=workspace:{cfg.workspace_mb}M")
+    elif major_minor >= (8, 4):
+        args.append(f"--memPoolSize=workspace:{cfg.workspace_mb}")
+    else:
+        args.append(f"--workspace={cfg.workspace_mb}")
+    args.append(f"--timingCacheFile={timing_cache}")
+    return args
+
+
+def trtexec_command(cfg: TrtBuildConfig, **kwargs) -> str:
+    return " ".join(shlex.quote(a) for a in ["trtexec", *trtexec_args(cfg, **kwargs)])
+
+
+def render_script(cfg: TrtBuildConfig) -> str:
+    """A POSIX shell script that runs trtexec from the folder it lives in; extra arguments pass through."""
+    p = cfg.profile
+    stack = f"JetPack {p.jetpack}, TensorRT {p.tensorrt}" if p.jetpack else f"TensorRT {p.tensorrt}"
+    lines = [
+        "#!/bin/sh",
+        f"# Build the TensorRT {cfg.precision.upper()} engine for {p.gpu} ({stack}) with trtexec.",
+        "# Written by resnet-deploy; `resnet-deploy device-build BUNDLE` builds the same engine from Python",
+        "# and keeps it in an engine cache keyed on the TensorRT version and GPU.",
+        "set -eu",
+        'cd "$(dirname "$0")"',
+        'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"',
+        'exec "$TRTEXEC" \\',
+        *[f"    {shlex.quote(a)} \\" for a in trtexec_args(cfg)],
+        '    "$@"',
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,179 @@
+"""report.html: one self-contained page (no network), every section present, plots as embedded PNGs."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from resnet_deploy.pipeline.html_report import render_html
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def _row(target: str, precision: str, top1: float, per_class: list[float], p50: float, *, size: int,
+         simulated: bool = False, samples: bool = False) -> dict:
+    row = {"target": target, "precision": precision, "runtime": target, "simulated": simulated,
+           "runner": f"{target} runner", "top1": top1, "per_class_top1": per_class, "agreement": 0.99, "batch": 1,
+           "iterations": 200, "throughput_ips": 1e3 / p50,
+           "latency_ms": {"p50": p50, "p90": p50 * 1.2, "p99": p50 * 1.6, "mean": p50 * 1.1, "min": p50 * 0.9},
+           "artifact": f"{target}/model_{precision}.x", "bytes": size, "sample_top1": top1}
+    if samples:
+        rng = np.random.default_rng(0)
+        row["samples_ms"] = [round(float(v), 4) for v in p50 * rng.lognormal(0, 0.15, 300)]
+    return row
+
+
+@pytest.fixture()
+def report() -> dict:
+    return sample_report()
+
+
+def sample_report() -> dict:
+    """The layout ``pipeline/build.py`` ``report_stage`` writes, with the awkward cases a real one can hold."""
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "<script>x</script>"]
+    ref = [0.9, 0.95, 0.8, 0.7, 0.85, 0.75, 0.9, 0.88, 0.93, 0.91]
+    int8 = [v - 0.01 for v in ref]
+    int8[3] = 0.6  # one class that lost 10 points: flagged in the per-class table
+    return {
+        "schema": "resnet-deploy/report/1", "status": "failed", "created": "2026-01-01T00:00:00+00:00",
+        "model": {"arch": "resnet18", "num_classes": 10, "input_shape": [3, 64, 64], "source": "random-init",
+                  "shortcut": "B", "parameters": 11181642},
+        "preprocessing": {"input_size": [64, 64], "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3,
+                          "crop_ratio": 1.0, "channel_order": "RGB", "class_names": classes},
+        "data": {"calibration": {"source": "/data/cifar10/train", "count": 64},
+                 "evaluation": {"source": "/data/cifar10/test", "count": 200}},
+        "reference": {"framework": "pytorch", "precision": "fp32", "top1": 0.857, "per_class_top1": ref},
+        "results": [
+            _row("openvino", "fp32", 0.857, ref, 4.0, size=44_731_409, samples=True),
+            _row("openvino", "int8", 0.845, int8, 0.4, size=11_300_000, samples=True),
+            _row("onnxruntime", "fp32", 0.857, ref, 6.3, size=44_700_000),
+            _row("onnxruntime", "int8", 0.84, [*int8[:9], math.nan], 0.45, size=11_400_000),
+            # a simulated device row without latency or size: must not break tables or plots
+            {"target": "tensorrt", "precision": "int8", "runtime": "onnxruntime", "simulated": True,
+             "runner": "onnxruntime (Q/DQ)", "top1": 0.83, "per_class_top1": int8, "agreement": 0.97,
+             "note": "measured on CPU in place of the device"},
+        ],
+        "gate": {"max_drop": 1.0, "passed": False,
+                 "failures": ["onnxruntime int8: top-1 0.8400 is 1.70 points below the FP32 reference 0.8570"]},
+        "checks": {"fold": {"folded_layers": 20, "max_abs_diff": 7e-7, "output_scale": 1.4, "relative": 5e-7,
+                            "tolerance": 1e-5, "top1_equal": True, "passed": True},
+                   "export": {"max_abs_diff": 7e-7, "atol": 1e-4, "rtol": 1e-3, "top1_equal": True, "samples": 64,
+                              "opset": 17, "checker": "onnx.checker (full_check)", "passed": True}},
+        "stages": [{"name": n, "seconds": s, "peak_rss_mb": m} for n, s, m in
+                   [("load", 0.26, 325.7), ("data", 0.38, 340.9), ("fold", 3.9, 492.0), ("export", 3.45, 668.5),
+                    ("reference", 1.9, 672.1), ("compile:openvino", 4.55, 808.8),
+                    ("compile:onnxruntime", 2.38, 808.8), ("validate", 6.27, 808.8)]],
+        "commands": {}, "host": {"cpu": "AMD EPYC", "platform": "Linux", "python": "3.11.7"},
+        "wall_seconds": 23.06, "artifacts": [],
+    }
+
+
+def _images(html: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)]
+
+
+def test_structure(report: dict) -> None:
+    pytest.importorskip("matplotlib")
+    html = render_html(report)
+    assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    for section in ("results", "accuracy", "latency", "sizes", "per-class", "stages", "checks"):
+        assert f'<section id="{section}">' in html
+    assert "FAILED" in html and "Gate failure" in html
+    # one results row per report row, in a table whose header names the latency percentiles
+    results = html.split('<section id="results">')[1].split("</section>")[0]
+    assert results.count("<tr") == 1 + len(report["results"])
+    assert all(h in results for h in ("p50 ms", "p90 ms", "p99 ms", "img/s", "size"))
+    # accuracy, latency, sizes, per-class and stages plots: real PNGs
+    images = _images(html)
+    assert len(images) == 5
+    assert all(img.startswith(PNG_MAGIC) and len(img) > 5_000 for img in images)
+    assert "raw per-call samples" in html  # rows carried samples_ms
+    # the class that lost 10 points is flagged; the missing class reads as "-"
+    per_class = html.split('<section id="per-class">')[1].split("</section>")[0]
+    assert per_class.count("class=bad") == 2  # openvino int8 and onnxruntime int8, class "cat"
+    assert "<td>-</td>" in per_class
+
+
+def test_self_contained_and_escaped(report: dict) -> None:
+    html = render_html(report)
+    # nothing fetched from anywhere: no external URLs, no scripts, and a CSP that forbids them
+    assert not re.search(r'(src|href)="(?!data:)', html)
+    assert "http://" not in html and "https://" not in html
+    assert "<script" not in html
+    assert "default-src 'none'" in html
+    assert "&lt;script&gt;x&lt;/script&gt;" in html  # class names are data, not markup
+
+
+def test_minimal_report_without_optional_parts(report: dict) -> None:
+    """An early or partial report (no per-class figures, stages or checks) still renders."""
+    minimal = {k: copy.deepcopy(report[k]) for k in ("model", "reference", "gate", "results")}
+    for row in minimal["results"]:
+        row.pop("per_class_top1", None)
+        row.pop("samples_ms", None)
+    html = render_html(minimal)
+    assert "No per-class figures" in html and "No stage timings" in html
+    assert "raw samples were not recorded" in html
+
+
+def test_without_matplotlib(report: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tables stand alone when matplotlib is missing (a device-side install)."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    html = render_html(report)
+    assert not _images(html)
+    assert "matplotlib is not installed" in html
+    assert html.count("<tr") > len(report["results"])
+
+
+def test_import_does_not_load_matplotlib() -> None:
+    code = ("import sys, resnet_deploy.pipeline.html_report; "
+            "sys.exit(1 if any(m.startswith('matplotlib') for m in sys.modules) else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_round_trips_through_json(report: dict) -> None:
+    """report.json on disk (NaN written as NaN by json.dumps) renders the same as the dict it came from."""
+    pytest.importorskip("matplotlib")
+    again = json.loads(json.dumps(report))
+    assert _strip_images(render_html(again)) == _strip_images(render_html(report))
+
+
+def _strip_images(html: str) -> str:
+    return re.sub(r"base64,[A-Za-z0-9+/=]+", "base64,", html)
+
+
+@pytest.mark.slow
+def test_chromium_renders_a_page(report: dict, tmp_path: Path) -> None:
+    """Headless Chromium opens report.html offline and paints it: the screenshot is not blank."""
+    pytest.importorskip("matplotlib")
+    if not CHROMIUM.exists() and not shutil.which("chromium"):
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from PIL import Image
+
+    page = tmp_path / "report.html"
+    page.write_text(render_html(report))
+    shot = tmp_path / "report.png"
+    cmd = [str(CHROMIUM if CHROMIUM.exists() else shutil.which("chromium")), "--headless", "--no-sandbox",
+           "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+           f"--screenshot={shot}", "--window-size=1280,2000", page.as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert shot.is_file(), f"no screenshot: chromium exited {proc.returncode}: {proc.stderr[-2000:]}"
+    with Image.open(shot) as img:
+        assert img.size == (1280, 2000)
+        small = np.asarray(img.convert("RGB").resize((320, 500)))
+    # A painted page has many colours (text, plots) and dark pixels (text) on a light background.
+    colours = len(np.unique(small.reshape(-1, 3), axis=0))
+    dark = float((small.mean(axis=2) < 100).mean())
+    assert colours > 200, f"screenshot looks blank: {colours} distinct colours"
+    assert 0.002 < dark < 0.5, f"screenshot has {dark:.1%} dark pixels"
