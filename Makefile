@@ -37,6 +37,13 @@ test: install data
 test-slow: install data
 	$(PY) -m pytest -q -m slow
 
+# CPU latency/throughput: this tool's INT8 vs PyTorch, ONNX Runtime and OpenVINO FP32 and NNCF's default INT8,
+# interleaved in one process (~8-10 min on 2 cores). make bench BENCH_ARGS="--quick --models resnet18" for a smoke run.
+BENCH_ARGS ?=
+bench: install data
+	$(PY) benchmarks/bench_cpu.py --out build/bench/bench_cpu $(BENCH_ARGS)
+	@echo "tables: build/bench/bench_cpu.md (bench_cpu.json for programs)"
+
 clean:
 	rm -rf build .pytest_cache
 

@@ -22,12 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_deploy.calibration.activation_ranges import DEFAULT_METHOD, MIN_AMAX, activation_amax, float_tensors
+from resnet_deploy.calibration.activation_ranges import METHODS, MIN_AMAX, activation_amax_by_method, float_tensors
 from resnet_deploy.errors import ConfigError, VerificationError
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 MIN_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear
-AGREEMENT_IMAGES = 64
+AGREEMENT_IMAGES = 300  # calibration images the "auto" rule and the recorded agreement use
+AUTO = "auto"  # try every amax rule, keep the one whose Q/DQ model agrees best with FP32
+# Preference among equally good rules: percentile is robust to outliers without entropy's occasional
+# over-clipping; max clips nothing.
+_TIE_ORDER = ("percentile", "entropy", "max")
 
 
 @dataclass(frozen=True)
@@ -44,13 +48,15 @@ class QdqResult:
     weights: tuple[str, ...]
     method: str
     calibration_images: int
-    calibration_agreement: float | None  # top-1 agreement with FP32 on (up to 64) calibration images
+    calibration_agreement: float | None  # top-1 agreement with FP32 on (up to 300) calibration images
+    candidates: dict[str, float] | None = None  # rule -> agreement, when "auto" chose among them
 
     def to_dict(self) -> dict:
         return {"format": "QDQ (TensorRT explicit quantization)", "activations": "int8 symmetric per-tensor",
                 "weights": "int8 symmetric per-channel", "amax_method": self.method,
                 "quantized_activations": len(self.activations), "quantized_weights": len(self.weights),
-                "calibration_images": self.calibration_images, "calibration_agreement": self.calibration_agreement}
+                "calibration_images": self.calibration_images, "calibration_agreement": self.calibration_agreement,
+                **({"amax_candidates": self.candidates} if self.candidates else {})}
 
 
 @dataclass(frozen=True)
@@ -62,11 +68,12 @@ class QdqPlan:
     weight_uses: dict[str, list[tuple[int, int]]]
 
 
-def make_qdq_onnx(fp32_onnx: Path, out: Path, calibration: np.ndarray, *, method: str = DEFAULT_METHOD,
+def make_qdq_onnx(fp32_onnx: Path, out: Path, calibration: np.ndarray, *, method: str = AUTO,
                   amax: dict[str, float] | None = None) -> QdqResult:
     """Write the Q/DQ model of ``fp32_onnx`` to ``out``; activation ranges from ``calibration`` (float32 NCHW).
 
-    ``amax`` skips calibration when the ranges are already known (every Q/DQ activation must be there).
+    ``method``: "auto" (every rule, the best agreement with FP32 on the calibration images wins), or one
+    of max/percentile/entropy. ``amax`` skips calibration when the ranges are already known.
     """
     import onnx
 
@@ -75,28 +82,58 @@ def make_qdq_onnx(fp32_onnx: Path, out: Path, calibration: np.ndarray, *, method
     if opset < MIN_OPSET:
         raise ConfigError(f"{fp32_onnx} uses ONNX opset {opset}; per-channel Q/DQ needs opset {MIN_OPSET} or newer. "
                           "Export again with a newer --opset.")
+    if method != AUTO and method not in METHODS:
+        raise ConfigError(f"Unknown calibration method {method!r}; choose auto or one of {', '.join(METHODS)}.")
     plan = plan_qdq(model.graph)
-    if amax is None:
-        amax = activation_amax(fp32_onnx, calibration, method=method, tensors=float_tensors(model))
+    if amax is not None:
+        ranges = {"given": amax}
     else:
-        method = "given"
-    missing = [t for t in plan.activations if t not in amax]
-    if missing:
-        raise ConfigError(f"no activation range for {', '.join(missing[:3])}: calibrate with this model.")
-    insert_qdq(model, plan, amax)
-    entry = model.metadata_props.add()
+        rules = METHODS if method == AUTO else (method,)
+        ranges = activation_amax_by_method(fp32_onnx, calibration, methods=rules, tensors=float_tensors(model))
+    for name, table in ranges.items():
+        missing = [t for t in plan.activations if t not in table]
+        if missing:
+            raise ConfigError(f"no activation range for {', '.join(missing[:3])}: calibrate with this model.")
+    check = calibration[:AGREEMENT_IMAGES]
+    scored: dict[str, float] = {}
+    best: tuple[float, int, str] | None = None
+    for name, table in ranges.items():
+        candidate = _write(model, plan, table, name, out.with_name(f"{out.stem}.{name}{out.suffix}"))
+        agreement = _top1_agreement(fp32_onnx, candidate, check) if len(check) else None
+        scored[name] = agreement if agreement is not None else float("nan")
+        rank = (agreement or 0.0, -_TIE_ORDER.index(name) if name in _TIE_ORDER else 0, name)
+        if best is None or rank[:2] > best[:2]:
+            if best is not None:
+                out.with_name(f"{out.stem}.{best[2]}{out.suffix}").unlink(missing_ok=True)
+            best = rank
+        else:
+            candidate.unlink(missing_ok=True)
+    chosen = best[2]
+    out.with_name(f"{out.stem}.{chosen}{out.suffix}").replace(out)
+    agreement = scored[chosen] if len(check) else None
+    return QdqResult(out, dict(ranges[chosen]), tuple(plan.activations), tuple(plan.weights), chosen,
+                     len(calibration), agreement, scored if len(ranges) > 1 else None)
+
+
+def _write(model, plan: QdqPlan, amax: dict[str, float], method: str, path: Path) -> Path:
+    """One Q/DQ candidate on disk, checked by onnx.checker."""
+    import copy
+
+    import onnx
+
+    candidate = copy.deepcopy(model)
+    insert_qdq(candidate, plan, amax)
+    entry = candidate.metadata_props.add()
     entry.key, entry.value = "resnet_deploy.quantization", json.dumps({"format": "qdq", "amax_method": method})
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(candidate, full_check=True)
     except onnx.checker.ValidationError as err:
         raise VerificationError(f"The Q/DQ model failed onnx.checker: {err}") from None
-    onnx.save(model, str(out))
-    agreement = _top1_agreement(fp32_onnx, out, calibration[:AGREEMENT_IMAGES]) if len(calibration) else None
-    return QdqResult(out, dict(amax), tuple(plan.activations), tuple(plan.weights), method, len(calibration),
-                     agreement)
+    onnx.save(candidate, str(path))
+    return path
 
 
-def _top1_agreement(fp32: Path, qdq: Path, batch: np.ndarray) -> float:
+def _top1_agreement(fp32: Path, qdq: Path, batch: np.ndarray, *, chunk: int = 32) -> float:
     """The share of images whose top-1 the Q/DQ model keeps: the conversion's own check, recorded."""
     import onnxruntime as ort
 
@@ -105,7 +142,9 @@ def _top1_agreement(fp32: Path, qdq: Path, batch: np.ndarray) -> float:
     outs = []
     for path in (fp32, qdq):
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        outs.append(session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(batch)})[0].argmax(1))
+        name = session.get_inputs()[0].name
+        outs.append(np.concatenate([session.run(None, {name: np.ascontiguousarray(batch[i:i + chunk])})[0].argmax(1)
+                                    for i in range(0, len(batch), chunk)]))
     return round(float((outs[0] == outs[1]).mean()), 4)
 
 

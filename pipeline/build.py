@@ -31,6 +31,7 @@ from resnet_deploy.pipeline.evaluate import predict, score
 from resnet_deploy.pipeline.export import export_onnx
 from resnet_deploy.pipeline.fold import fold_batchnorm, verify_fold
 from resnet_deploy.pipeline.latency import measure
+from resnet_deploy.pipeline.html_report import render_html
 from resnet_deploy.pipeline.report import SCHEMA, gate, render_markdown
 from resnet_deploy.pipeline.settings import EMBEDDED_MODEL, BuildSettings
 from resnet_deploy.targets import Artifact, CompileInput, expand, get_target
@@ -235,7 +236,8 @@ def validate_stage(rec: BuildRecord, ui: Ui) -> BuildRecord:
                "simulated": artifact.simulated, "runner": runner.description, **acc.to_dict(), **lat.to_dict(),
                "artifact": artifact.path, "bytes": _artifact_bytes(rec.staging, artifact),
                # top-1 on the images the bundle carries, so `bench` on the device compares like with like
-               "sample_top1": round(float((preds[:n_sample] == rec.evals.labels[:n_sample]).mean()), 6)}
+               "sample_top1": round(float((preds[:n_sample] == rec.evals.labels[:n_sample]).mean()), 6),
+               "samples_ms": [round(v, 4) for v in lat.samples_ms[:1000]]}  # for the HTML report's plots
         if artifact.extra:
             row["details"] = {k: v for k, v in artifact.extra.items() if k != "files"}
             if "note" in artifact.extra:
@@ -285,6 +287,7 @@ def report_stage(rec: BuildRecord, wall: float) -> BuildRecord:
     }
     bundle_io.write_json(rec.staging / bundle_io.REPORT_JSON, report)
     (rec.staging / "report.md").write_text(render_markdown(report))
+    (rec.staging / "report.html").write_text(render_html(report))
     bundle_io.write_manifest(rec.staging, versions=_versions(), args=s.to_args(), seed=s.seed,
                              calibration={"count": rec.data_info["calibration"]["count"],
                                           "sha256": rec.data_info["calibration"]["sha256"]})

@@ -8,7 +8,7 @@ No torch here: the on-device ``bench`` uses it too.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -39,9 +39,11 @@ class LatencyStats:
     mean: float
     min: float
     throughput_ips: float
+    samples_ms: tuple[float, ...] = field(default=(), repr=False, compare=False)  # every timed call
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d.pop("samples_ms")
         return {"batch": d.pop("batch"), "iterations": d.pop("iterations"),
                 "throughput_ips": round(d.pop("throughput_ips"), 2),
                 "latency_ms": {k: round(v, 4) for k, v in d.items()}}
@@ -51,7 +53,7 @@ class LatencyStats:
         ms = np.asarray(times_s, dtype=np.float64) * 1e3
         p50, p90, p99 = np.percentile(ms, [50, 90, 99])
         return cls(batch, len(ms), float(p50), float(p90), float(p99), float(ms.mean()), float(ms.min()),
-                   batch * 1e3 / float(ms.mean()))
+                   batch * 1e3 / float(ms.mean()), tuple(ms.tolist()))
 
 
 def measure(run: Callable[[np.ndarray], object], batch: np.ndarray, settings: LatencySettings = LatencySettings()
