@@ -57,18 +57,10 @@ def main() -> None:
     name = ort_session(fp32)
     ref = predict(name, x)
 
-    class Reader:
-        def __init__(self):
-            self.i = 0
+    from resnet_deploy.targets.onnxruntime import _Reader
 
-        def get_next(self):
-            if self.i >= len(calib):
-                return None
-            self.i += 1
-            return {"input": calib[self.i - 1 : self.i]}
-
-        def rewind(self):
-            self.i = 0
+    def Reader():  # noqa: N802 - the tool's own calibration reader, one image at a time
+        return _Reader("input", calib)
 
     pre = work / "pre.onnx"
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)

@@ -27,18 +27,10 @@ def ort_variants(fp32: Path, work: Path, calib: np.ndarray) -> dict[str, Path]:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    class Reader:
-        def __init__(self):
-            self.i = 0
+    from resnet_deploy.targets.onnxruntime import _Reader
 
-        def get_next(self):
-            if self.i >= len(calib):
-                return None
-            self.i += 1
-            return {"input": calib[self.i - 1 : self.i]}
-
-        def rewind(self):
-            self.i = 0
+    def Reader():  # noqa: N802 - the tool's own calibration reader, one image at a time
+        return _Reader("input", calib)
 
     pre = work / "ort_pre.onnx"
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)

@@ -76,12 +76,7 @@ def choose_artifact(b: LoadedBundle, *, runtime: str | None = None, precision: s
 
 
 def load_runner(b: LoadedBundle, artifact: Artifact, *, threads: int | None = None, hint: str | None = None) -> Runner:
-    target = get_target(artifact.target)
-    if hint and artifact.runtime == "openvino":
-        from resnet_deploy.targets.openvino import OvRunner
-
-        return OvRunner(b.path / artifact.path, precision=artifact.precision, threads=threads, hint=hint.upper())
-    return target.load(artifact, b.path, threads=threads)
+    return get_target(artifact.target).load(artifact, b.path, threads=threads, hint=hint)
 
 
 def read_images(paths: Sequence[Path], prep: Preprocessing) -> np.ndarray:

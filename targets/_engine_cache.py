@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from resnet_deploy.pipeline.bundle import sha256_file
+
 Shape = tuple[int, ...]
 
 
@@ -62,14 +64,6 @@ class EngineKey:
 class Lookup:
     engine: Path | None  # set only when the cached engine may be loaded
     reason: str  # why it was reused or must be rebuilt, for the user
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def paths(cache_dir: Path, key: EngineKey) -> tuple[Path, Path]:

@@ -121,7 +121,8 @@ class TrtTargetBase(Target):
             extra["note"] = built.note
         return Artifact(self.name, built.key.precision, str(built.path.relative_to(bundle)), "tensorrt", extra=extra)
 
-    def load(self, artifact: Artifact, bundle: Path, *, threads: int | None = None) -> Runner:
+    def load(self, artifact: Artifact, bundle: Path, *, threads: int | None = None,
+             hint: str | None = None) -> Runner:
         path = bundle / artifact.path
         if artifact.runtime == "onnxruntime":
             try:

@@ -86,8 +86,10 @@ class Target(ABC):
         """Write this target's artifacts under ``bundle/<name>/``; return them, FP32 first."""
 
     @abstractmethod
-    def load(self, artifact: Artifact, bundle: Path, *, threads: int | None = None) -> Runner:
-        """A runner for one of this target's artifacts."""
+    def load(self, artifact: Artifact, bundle: Path, *, threads: int | None = None,
+             hint: str | None = None) -> Runner:
+        """A runner for one of this target's artifacts. ``hint`` ("latency"/"throughput") is a
+        performance hint for runtimes that take one (OpenVINO's streams); others ignore it."""
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "aliases": list(self.aliases), "summary": self.summary,

@@ -16,10 +16,14 @@ Sessions turn intra-op spinning off: idle worker threads otherwise spin-wait for
 whatever else runs on the CPU for the cores. On the shared host FP32 p50 went 99 -> 51 ms and INT8
 25 -> 16 ms (the same as one thread); in benchmarks/bench_cpu.py the FP32 session is 0.68x a default
 ``InferenceSession`` (39.8 vs 62.3 ms). On an idle machine the cost is one wake-up per parallel
-region, which ONNX Runtime's docs call a slight latency increase (not measurable on this host).
+region, which ONNX Runtime's docs call a slight latency increase. Measured later on the same host when
+it was quiet (`make bench`, 5 interleaved rounds): the no-spin session was 1.03-1.04x a default one at
+batch 1 (ResNet-50 18.7 vs 17.8 ms) and 1.01x at batch 16. A few per cent when idle against 2x when
+shared: builds and edge devices share their CPU, so spinning stays off.
 
-Result: ResNet-50 batch 1 INT8 p50 11.6 ms, 0.21x a default FP32 session; a trained ResNet-20
-(Fashion-MNIST, 2,000 test images) lost 0.15 points of top-1 (93.60% vs 93.75%, agreement 99.75%).
+Result (quiet host, `make bench`): ResNet-50 batch 1 INT8 p50 6.8 ms, 0.38x a default FP32 session
+(17.8 ms); a trained ResNet-20 (Fashion-MNIST, 10,000 test images) lost 0.05 points of top-1
+(93.56% vs 93.61%, agreement 99.66%).
 """
 
 from __future__ import annotations
@@ -108,6 +112,7 @@ class OnnxRuntimeTarget(Target):
             Artifact(self.name, "int8", str(int8.relative_to(bundle)), "onnxruntime", extra={"quantization": settings}),
         ]
 
-    def load(self, artifact: Artifact, bundle: Path, *, threads: int | None = None) -> Runner:
+    def load(self, artifact: Artifact, bundle: Path, *, threads: int | None = None,
+             hint: str | None = None) -> Runner:
         self.ensure_available()
         return OrtRunner(bundle / artifact.path, threads=threads)

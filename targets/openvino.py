@@ -26,11 +26,12 @@ interleaved rounds; only figures from the same run are compared):
   agreement (0.88 vs 0.90), so the default stays fast bias correction, well inside the 1-point gate.
 - Threads: all cores (the plugin's default) unless ``threads`` says otherwise.
 
-Result (benchmarks/bench_cpu.py, 5 interleaved rounds, runtime-default threads, same host):
-ResNet-50 224x224 batch 1 INT8 p50 10.2 ms: 0.20x ONNX Runtime FP32 (62.3 ms; median of per-round
-ratios) and 0.78x NNCF's default recipe compiled with OpenVINO's defaults (14.5 ms); batch 16 0.98x
-of it; ResNet-18 batch 1 0.89x, batch 16 0.95x. A trained ResNet-20 (Fashion-MNIST, 2,000 test
-images) lost 0.10 points of top-1 (93.65% vs 93.75%, agreement 98.8%).
+Result (`make bench`: benchmarks/bench_cpu.py, 5 interleaved rounds, runtime-default threads, the
+same host when quiet): ResNet-50 224x224 batch 1 INT8 p50 5.12 ms: 0.28x ONNX Runtime FP32 (17.82 ms;
+median of per-round ratios) and 0.97x NNCF's default recipe compiled with OpenVINO's defaults
+(5.28 ms); batch 16 0.98x of it; ResNet-18 batch 1 0.96x, batch 16 0.98x. On the busy host the same
+run gave 0.20x and 0.78x. The embedded ResNet-20 (Fashion-MNIST, 10,000 test images) lost 0.17
+points of top-1 (93.44% vs 93.61%, agreement 98.87%).
 """
 
 from __future__ import annotations
@@ -125,11 +126,13 @@ class OpenVINOTarget(Target):
                      extra={"files": [str(int8.with_suffix(".bin").relative_to(bundle))], "quantization": settings}),
         ]
 
-    def load(self, artifact: Artifact, bundle: Path, *, threads: int | None = None) -> Runner:
+    def load(self, artifact: Artifact, bundle: Path, *, threads: int | None = None,
+             hint: str | None = None) -> Runner:
         # Loading needs the runtime only: a device has openvino but not nncf, which only compile uses.
         if importlib.util.find_spec("openvino") is None:
             raise DependencyError(
                 f"--target {self.name} needs openvino to run {artifact.path}, which is not installed. "
                 "Install it with `pip install openvino` and run again."
             )
-        return OvRunner(bundle / artifact.path, precision=artifact.precision, threads=threads)
+        return OvRunner(bundle / artifact.path, precision=artifact.precision, threads=threads,
+                        hint=(hint or "latency").upper())
