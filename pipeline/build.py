@@ -49,6 +49,7 @@ class BuildRecord:
     prep: Preprocessing | None = None
     calib: ImageBatch | None = None
     evals: ImageBatch | None = None
+    sample: np.ndarray | None = None  # indices into ``evals`` of the images the bundle carries
     data_info: dict[str, Any] = field(default_factory=dict)
     folded: torch.nn.Module | None = None
     onnx: Path | None = None
@@ -167,13 +168,18 @@ def data_stage(rec: BuildRecord, ui: Ui) -> BuildRecord:
                         "skipped": len(calib.skipped), "seed": s.seed + 1},
         "evaluation": {"source": eval_src.name, "count": len(evals), "skipped": len(evals.skipped), "seed": s.seed},
     }
-    return replace(rec, prep=prep, calib=calib, evals=evals, data_info=info)
+    sample = bundle_io.eval_sample_indices(evals.pixels, limit=s.eval_sample_size, seed=s.seed)
+    return replace(rec, prep=prep, calib=calib, evals=evals, sample=sample, data_info=info)
+
+
+def _check_inputs(rec: BuildRecord, n: int = 64) -> np.ndarray:
+    """Real images for the fold and export checks: from the carried sample, so every class shows up."""
+    return rec.prep.normalize(rec.evals.pixels[rec.sample[:n]])
 
 
 def fold_stage(rec: BuildRecord, ui: Ui) -> BuildRecord:
     folded, count = fold_batchnorm(rec.loaded.model)
-    sample = torch.from_numpy(rec.evals.inputs(rec.prep)[:64])
-    check = verify_fold(rec.loaded.model, folded, sample, count)
+    check = verify_fold(rec.loaded.model, folded, torch.from_numpy(_check_inputs(rec)), count)
     ui.info(f"fold: {count} conv+BN pairs folded, max |diff| {check.max_abs_diff:.2e} ({check.relative:.1e} of scale)")
     return replace(rec, folded=folded, checks={**rec.checks, "fold": check.to_dict()})
 
@@ -182,7 +188,7 @@ def export_stage(rec: BuildRecord, ui: Ui) -> BuildRecord:
     path = rec.staging / bundle_io.MODEL_ONNX
     metadata = {"resnet_deploy.preprocessing": rec.prep.to_json(), "resnet_deploy.arch": rec.loaded.arch,
                 "resnet_deploy.class_names": list(rec.prep.class_names)}
-    check = export_onnx(rec.folded, path, sample=rec.evals.inputs(rec.prep)[:64], metadata=metadata)
+    check = export_onnx(rec.folded, path, sample=_check_inputs(rec), metadata=metadata)
     bundle_io.write_json(rec.staging / bundle_io.PREPROCESSING, rec.prep.to_dict())
     ui.info(f"export: {path.name} opset {check.opset}, max |diff| vs PyTorch {check.max_abs_diff:.2e}")
     return replace(rec, onnx=path, checks={**rec.checks, "export": check.to_dict()})
@@ -222,7 +228,6 @@ def validate_stage(rec: BuildRecord, ui: Ui) -> BuildRecord:
     s = rec.settings
     inputs = rec.evals.inputs(rec.prep)
     one = inputs[:1]
-    n_sample = bundle_io.eval_sample_count(rec.evals.pixels, limit=s.eval_sample_size)
     rows = []
     for artifact in rec.artifacts:
         target = get_target(artifact.target)
@@ -236,7 +241,7 @@ def validate_stage(rec: BuildRecord, ui: Ui) -> BuildRecord:
                "simulated": artifact.simulated, "runner": runner.description, **acc.to_dict(), **lat.to_dict(),
                "artifact": artifact.path, "bytes": _artifact_bytes(rec.staging, artifact),
                # top-1 on the images the bundle carries, so `bench` on the device compares like with like
-               "sample_top1": round(float((preds[:n_sample] == rec.evals.labels[:n_sample]).mean()), 6),
+               "sample_top1": round(float((preds[rec.sample] == rec.evals.labels[rec.sample]).mean()), 6),
                "samples_ms": [round(v, 4) for v in lat.samples_ms[:1000]]}  # for the HTML report's plots
         if artifact.extra:
             row["details"] = {k: v for k, v in artifact.extra.items() if k != "files"}
@@ -264,8 +269,8 @@ def report_stage(rec: BuildRecord, wall: float) -> BuildRecord:
     s, loaded = rec.settings, rec.loaded
     results = [dict(r) for r in rec.results]
     g = gate(rec.reference["top1"], results, s.max_drop)
-    bundle_io.save_eval_sample(rec.staging / bundle_io.EVAL_SAMPLE, rec.evals.pixels, rec.evals.labels,
-                               rec.prep.class_names, limit=s.eval_sample_size)
+    bundle_io.save_eval_sample(rec.staging / bundle_io.EVAL_SAMPLE, rec.evals.pixels[rec.sample],
+                               rec.evals.labels[rec.sample], rec.prep.class_names)
     report = {
         "schema": SCHEMA,
         "status": "passed" if g["passed"] else "failed",

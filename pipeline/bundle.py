@@ -109,19 +109,18 @@ def verify_bundle(bundle: Path, *, check_hashes: bool = True) -> dict[str, Any]:
     return manifest
 
 
-def eval_sample_count(pixels: np.ndarray, *, limit: int) -> int:
-    """How many of the evaluation images the bundle carries: ``limit``, capped at 24 MB of pixels."""
+def eval_sample_indices(pixels: np.ndarray, *, limit: int, seed: int) -> np.ndarray:
+    """Which evaluation images the bundle carries: ``limit`` of them (at most 24 MB of pixels), drawn at
+    random from ``seed`` so every class is represented (the evaluation set may be sorted by class)."""
     per_image = int(np.prod(pixels.shape[1:]))
-    return int(min(limit, len(pixels), max(1, EVAL_SAMPLE_MAX_BYTES // per_image)))
+    n = int(min(limit, len(pixels), max(1, EVAL_SAMPLE_MAX_BYTES // per_image)))
+    return np.sort(np.random.default_rng(seed).permutation(len(pixels))[:n])
 
 
-def save_eval_sample(path: Path, pixels: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...],
-                     *, limit: int = 500) -> int:
+def save_eval_sample(path: Path, pixels: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]) -> int:
     """A compact labelled sample (uint8 NHWC) the device-side ``bench`` measures accuracy on."""
-    n = eval_sample_count(pixels, limit=limit)
-    np.savez_compressed(path, pixels=pixels[:n], labels=labels[:n].astype(np.int16),
-                        class_names=np.asarray(class_names))
-    return n
+    np.savez_compressed(path, pixels=pixels, labels=labels.astype(np.int16), class_names=np.asarray(class_names))
+    return len(labels)
 
 
 def load_eval_sample(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:

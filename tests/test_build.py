@@ -152,3 +152,9 @@ def test_device_path_runs_without_torch(cpu_bundle, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "%" in proc.stdout and "top-1 on 500 bundled images" in proc.stdout
+
+
+def test_bundled_sample_spans_the_classes(cpu_bundle):
+    """The evaluation set can be sorted by class (ImageFolder); the carried sample must not be."""
+    with np.load(cpu_bundle / "eval_sample.npz") as data:
+        assert len(np.unique(data["labels"])) == 10
