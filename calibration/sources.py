@@ -171,6 +171,15 @@ def open_source(spec: str | os.PathLike | None, split: str, *, flag: str) -> Ima
     return ImageFolderSource.open(path, flag=flag)
 
 
+def has_split(spec: str | os.PathLike | None, split: str) -> bool:
+    """Whether ``spec`` names data with a real ``split`` (not a plain folder that any split falls back to)."""
+    if spec is None or str(spec) == FASHION_MNIST:
+        folder = fashion_mnist_dir()
+        return folder is not None and _find_idx(folder, split) is not None
+    path = Path(spec)
+    return path.is_dir() and (_find_idx(path, split) is not None or (path / split).is_dir())
+
+
 def check_classes(source: ImageSource, num_classes: int, *, flag: str) -> None:
     if len(source.class_names) != num_classes:
         raise DataError(

@@ -21,9 +21,9 @@ import torch
 
 from resnet_deploy.calibration.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from resnet_deploy.calibration.sampling import ImageBatch, choose, decode, same_images
-from resnet_deploy.calibration.sources import check_classes, open_source
+from resnet_deploy.calibration.sources import check_classes, has_split, open_source
 from resnet_deploy.console import Ui
-from resnet_deploy.errors import DataError, GateFailed
+from resnet_deploy.errors import ConfigError, DataError, GateFailed
 from resnet_deploy.models import get_arch
 from resnet_deploy.pipeline import bundle as bundle_io
 from resnet_deploy.pipeline import checkpoint as ckpt
@@ -67,8 +67,15 @@ def build(settings: BuildSettings, *, ui: Ui) -> BuildRecord:
     """Run every stage into a staging folder and publish it as ``settings.out`` when all succeeded."""
     started = time.perf_counter()
     targets = [get_target(name) for name in expand(settings.targets)]
-    for target in targets:
+    for target in targets:  # every cheap check before the expensive stages
         target.ensure_available()
+        target.check_options(settings.target_options)
+    unused = [k for k in settings.target_options if not any(k in t.option_keys for t in targets)]
+    if unused:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
+        ui.warn(f"{flags} has no effect on --target {', '.join(t.name for t in targets)} (only jetson/tensorrt use it).")
+    if settings.out is not None and settings.out.exists() and not settings.out.is_dir():
+        raise ConfigError(f"--out {settings.out} is a file; give a folder for the bundle.")
     rec = _timed(load_model_stage, "load")(BuildRecord(settings, Path(), Path()), ui)
     out = settings.out or Path("build") / f"{rec.loaded.arch}-{'-'.join(t.name for t in targets)}"
     with bundle_io.staging(out) as staging:
@@ -85,6 +92,7 @@ def build(settings: BuildSettings, *, ui: Ui) -> BuildRecord:
     ui.info(f"bundle: {out}  report: {out / 'report.md'}")
     if not rec.report["gate"]["passed"]:
         raise GateFailed(
+            out,
             "INT8 accuracy gate failed: " + "; ".join(rec.report["gate"]["failures"]) +
             f" (--max-drop {settings.max_drop}). The bundle was written to {out} and its report is marked failed; "
             "try more or more representative --calib-samples, or raise --max-drop if the drop is acceptable."
@@ -112,10 +120,11 @@ def load_model_stage(rec: BuildRecord, ui: Ui) -> BuildRecord:
         spec = get_arch(s.arch)
         ui.warn(f"no --checkpoint: building a RANDOMLY INITIALISED {spec.name}. Its accuracy means nothing; "
                 "use it for latency work only.")
-        num_classes = s.num_classes or 1000
+        # As many classes as the evaluation data has, so the random model runs through every stage.
+        num_classes = s.num_classes or len(open_source(s.eval_data, "test", flag="--eval-data").class_names)
         loaded = ckpt.random_model(spec.name, num_classes=num_classes, in_channels=3)
     else:
-        loaded = ckpt.load_model(EMBEDDED_MODEL)
+        loaded = ckpt.load_model(EMBEDDED_MODEL, num_classes=s.num_classes)
         loaded = replace(loaded, source="embedded:" + EMBEDDED_MODEL.name)
     ui.info(f"model: {loaded.arch}, {loaded.num_classes} classes, {loaded.in_channels} channel(s), from {loaded.source}")
     return replace(rec, loaded=loaded)
@@ -144,7 +153,13 @@ def _preprocessing(rec: BuildRecord, class_names: tuple[str, ...]) -> Preprocess
 def data_stage(rec: BuildRecord, ui: Ui) -> BuildRecord:
     s, loaded = rec.settings, rec.loaded
     eval_src = open_source(s.eval_data, "test", flag="--eval-data")
-    calib_src = open_source(s.calib_data, "train", flag="--calib-data")
+    # Without --calib-data, calibrate on the evaluation data's own training split, or on the rest of its
+    # folder: never on another data set than the one the user pointed at.
+    calib_spec = s.calib_data if s.calib_data is not None else s.eval_data
+    calib_src = open_source(calib_spec, "train", flag="--calib-data")
+    if s.calib_data is None and s.eval_data is not None and not has_split(s.eval_data, "train"):
+        ui.warn(f"no --calib-data: calibrating on images of --eval-data {s.eval_data} set apart from the "
+                "evaluation images.")
     check_classes(eval_src, loaded.num_classes, flag="--eval-data")
     prep = _preprocessing(rec, eval_src.class_names)
     eval_idx = choose(len(eval_src), s.eval_samples, seed=s.seed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,6 +32,9 @@ def staging(out: Path) -> Iterator[Path]:
     """A fresh folder beside ``out``; on success the caller calls ``publish``; on error it is removed."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; a published bundle reads like any new folder
     try:
         yield tmp
     finally:

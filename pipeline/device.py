@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from resnet_deploy.calibration.preprocess import Preprocessing
-from resnet_deploy.errors import BundleError, ConfigError, DataError, DependencyError
+from resnet_deploy.errors import BundleError, ConfigError, DataError, DependencyError, ResnetDeployError
 from resnet_deploy.pipeline import bundle as bundle_io
 from resnet_deploy.pipeline.evaluate import predict, score
 from resnet_deploy.pipeline.latency import LatencySettings, measure
@@ -34,16 +34,21 @@ class LoadedBundle:
     report: dict[str, Any]
 
 
-def open_bundle(path: Path, *, check_hashes: bool = False) -> LoadedBundle:
+def open_bundle(path: Path, *, check_hashes: bool = True) -> LoadedBundle:
+    """A bundle whose files all match their manifest hashes (cheap next to loading a model)."""
     if not path.is_dir():
         raise BundleError(f"BUNDLE: {path} is not a folder. Give the --out folder of `resnet-deploy build`.")
     bundle_io.verify_bundle(path, check_hashes=check_hashes)
-    report = json.loads((path / bundle_io.REPORT_JSON).read_text())
-    prep = Preprocessing.from_dict(json.loads((path / bundle_io.PREPROCESSING).read_text()))
-    artifacts = tuple(Artifact.from_dict(a) for a in report.get("artifacts", []))
     extra = path / "device_artifacts.json"  # engines built on the device by `device-build`
-    if extra.is_file():
-        artifacts = tuple(Artifact.from_dict(a) for a in json.loads(extra.read_text())) + artifacts
+    try:
+        report = json.loads((path / bundle_io.REPORT_JSON).read_text())
+        prep = Preprocessing.from_dict(json.loads((path / bundle_io.PREPROCESSING).read_text()))
+        artifacts = tuple(Artifact.from_dict(a) for a in report.get("artifacts", []))
+        if extra.is_file():
+            artifacts = tuple(Artifact.from_dict(a) for a in json.loads(extra.read_text())) + artifacts
+    except (ValueError, KeyError, TypeError) as err:
+        raise BundleError(f"{path}: report.json, preprocessing.json or device_artifacts.json is damaged "
+                          f"({err.__class__.__name__}: {err}). Rebuild or copy the bundle again.") from None
     return LoadedBundle(path, prep, artifacts, report)
 
 
@@ -76,7 +81,14 @@ def choose_artifact(b: LoadedBundle, *, runtime: str | None = None, precision: s
 
 
 def load_runner(b: LoadedBundle, artifact: Artifact, *, threads: int | None = None, hint: str | None = None) -> Runner:
-    return get_target(artifact.target).load(artifact, b.path, threads=threads, hint=hint)
+    try:
+        return get_target(artifact.target).load(artifact, b.path, threads=threads, hint=hint)
+    except ResnetDeployError:
+        raise
+    except Exception as err:  # the runtimes raise their own types for unreadable models
+        raise BundleError(f"{b.path / artifact.path} cannot be loaded by {artifact.runtime} "
+                          f"({err.__class__.__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}). "
+                          "The file may be damaged or from a newer runtime: rebuild or copy the bundle again.") from None
 
 
 def read_images(paths: Sequence[Path], prep: Preprocessing) -> np.ndarray:
@@ -114,7 +126,11 @@ def infer(b: LoadedBundle, runner: Runner, paths: Sequence[Path], *, top: int = 
 def bench(b: LoadedBundle, runner: Runner, artifact: Artifact, *, batches: Sequence[int] = (1,),
           latency: LatencySettings = LatencySettings(), accuracy: bool = True) -> dict[str, Any]:
     """Latency per batch size on evaluation images, and top-1 on the bundle's labelled sample."""
-    pixels, labels, names = bundle_io.load_eval_sample(b.path / bundle_io.EVAL_SAMPLE)
+    try:
+        pixels, labels, names = bundle_io.load_eval_sample(b.path / bundle_io.EVAL_SAMPLE)
+    except (OSError, ValueError, KeyError) as err:
+        raise BundleError(f"{b.path / bundle_io.EVAL_SAMPLE} is damaged ({err.__class__.__name__}). "
+                          "Rebuild or copy the bundle again.") from None
     inputs = b.prep.normalize(pixels)
     rows = []
     for n in batches:

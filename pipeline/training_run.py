@@ -8,7 +8,7 @@ from pathlib import Path
 
 from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.calibration.sampling import choose, decode
-from resnet_deploy.calibration.sources import ImageSource, open_source
+from resnet_deploy.calibration.sources import ImageSource, has_split, open_source
 from resnet_deploy.console import Ui
 from resnet_deploy.errors import DataError
 from resnet_deploy.pipeline.train import TrainResult, TrainSettings, channel_stats, train
@@ -40,12 +40,13 @@ def run_training(settings: TrainSettings, *, data: str, test_data: str | None, o
     train_source = open_source(data, "train", flag="--data")
     if len(train_source.class_names) < 2:
         raise DataError(f"--data: {train_source.name} has fewer than two classes; nothing to classify.")
-    try:
-        test_source = open_source(test_data or data, "test", flag="--test-data")
-    except DataError:
-        if test_data:
-            raise
-        test_source = None  # a plain ImageFolder has no test split: train without per-epoch top-1
+    if test_data is not None:
+        test_source = open_source(test_data, "test", flag="--test-data")
+    elif has_split(data, "test"):
+        test_source = open_source(data, "test", flag="--test-data")
+    else:
+        test_source = None  # a plain ImageFolder has no held-out split: no per-epoch top-1 rather than a false one
+        ui.warn(f"--data {data} has no test split and no --test-data was given: no held-out top-1 per epoch.")
     prep = training_preprocessing(train_source, input_size=input_size, channels=channels, mean=mean, std=std)
     rank = int(os.environ.get("RANK", "0"))
     quiet_ui = ui if rank == 0 else Ui(quiet=True)

@@ -11,7 +11,7 @@ import click
 
 from resnet_deploy import __version__
 from resnet_deploy.console import Ui
-from resnet_deploy.errors import ResnetDeployError
+from resnet_deploy.errors import ConfigError, GateFailed, ResnetDeployError
 
 pass_ui = click.make_pass_decorator(Ui, ensure=True)
 
@@ -178,9 +178,9 @@ def build(ui: Ui, targets, checkpoint, arch, num_classes, input_size, mean, std,
     _quiet_libraries(ui)
     try:
         record = run_build(settings, ui=ui)
-    except ResnetDeployError as err:
-        if as_json and getattr(err, "exit_code", 0) == 4 and settings.out:
-            click.echo((settings.out / "report.json").read_text())
+    except GateFailed as err:
+        if as_json:  # programs get the (failed) report on stdout too
+            click.echo((Path(err.out) / "report.json").read_text())
         raise
     if as_json:
         click.echo(json.dumps(record.report, indent=2))
@@ -262,9 +262,11 @@ def infer(ui: Ui, bundle, images, top, runtime, precision, as_json) -> None:
 @click.option("--threads", type=int, default=None, help="Runtime threads (default: the runtime's choice).")
 @click.option("--hint", type=click.Choice(["latency", "throughput"]), default=None,
               help="OpenVINO performance hint (streams); default latency.")
-@click.option("--warmup", type=int, default=10, show_default=True)
-@click.option("--iterations", type=int, default=100, show_default=True, help="Minimum timed calls per batch size.")
-@click.option("--seconds", type=float, default=2.0, show_default=True, help="Minimum timed seconds per batch size.")
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option("--iterations", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Minimum timed calls per batch size.")
+@click.option("--seconds", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Minimum timed seconds per batch size.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Device report path (default: BUNDLE/device_report.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print the device report as JSON.")
@@ -285,7 +287,13 @@ def bench(ui: Ui, bundle, runtime, precision, batches, threads, hint, warmup, it
                                min_seconds=seconds)
     result = device.bench(b, runner, artifact, batches=batches, latency=settings)
     result["host"] = {"cpu": cpu_name(), "threads": threads, "hint": hint}
-    write_json(out or bundle / "device_report.json", result)
+    report_path = out or bundle / "device_report.json"
+    try:
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(report_path, result)
+    except OSError as err:
+        raise ConfigError(f"--out: cannot write the device report to {report_path} ({err.strerror}). "
+                          "Give a writable path with --out.") from None
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

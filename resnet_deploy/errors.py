@@ -32,9 +32,13 @@ class VerificationError(ResnetDeployError):
 
 
 class GateFailed(ResnetDeployError):
-    """INT8 accuracy fell further below the FP32 reference than --max-drop allows."""
+    """INT8 accuracy fell further below the FP32 reference than --max-drop allows; the bundle is at ``out``."""
 
     exit_code = 4
+
+    def __init__(self, out, message: str) -> None:
+        super().__init__(message)
+        self.out = out
 
 
 class BundleError(ResnetDeployError):

@@ -55,6 +55,9 @@ class TrtTargetBase(Target):
     preset: tc.TrtPreset = tc.DESKTOP
     requires: dict[str, str] = {}  # the simulated row needs only ONNX Runtime, a build dependency
 
+    def check_options(self, options: dict[str, Any]) -> None:
+        tc.TrtOptions.from_options(options, self.preset)
+
     def compile(self, inp: CompileInput, bundle: Path) -> list[Artifact]:
         opts = tc.TrtOptions.from_options(inp.options, self.preset)
         folder = bundle / self.name

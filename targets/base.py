@@ -73,6 +73,11 @@ class Target(ABC):
         """pip names of the packages this target needs that are not installed."""
         return [pip for module, pip in self.requires.items() if importlib.util.find_spec(module) is None]
 
+    option_keys: tuple[str, ...] = ()  # the keys of CompileInput.options this target reads
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Raise ConfigError for option values this target cannot use; called before any stage runs."""
+
     def ensure_available(self) -> None:
         missing = self.missing()
         if missing:

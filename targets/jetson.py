@@ -16,3 +16,4 @@ class JetsonTarget(TrtTargetBase):
     name = "jetson"
     summary = "NVIDIA Jetson (--device profile): TensorRT INT8/FP16 bundle, optional DLA, engine built on device"
     preset = _trt_config.JETSON
+    option_keys = ("device", "dla_core", "max_batch", "workspace_mb")

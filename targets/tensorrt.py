@@ -16,3 +16,4 @@ class TensorRTTarget(TrtTargetBase):
     aliases = ("trt",)
     summary = "TensorRT on an NVIDIA GPU: INT8 Q/DQ ONNX + calibration cache, engine built on the GPU"
     preset = _trt_config.DESKTOP
+    option_keys = ("max_batch", "workspace_mb")

@@ -158,3 +158,17 @@ def test_bundled_sample_spans_the_classes(cpu_bundle):
     """The evaluation set can be sorted by class (ImageFolder); the carried sample must not be."""
     with np.load(cpu_bundle / "eval_sample.npz") as data:
         assert len(np.unique(data["labels"])) == 10
+
+
+def test_damaged_bundle_file_is_named_not_a_crash(cpu_bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(cpu_bundle, copy)
+    (copy / "onnxruntime" / "model_int8.onnx").write_bytes(b"junk")
+    result = CliRunner().invoke(main, ["infer", str(copy), "x.png"])
+    assert result.exit_code == 2 and "model_int8.onnx" in result.output and "sha256" in result.output
+
+
+def test_published_bundle_is_readable_by_others(cpu_bundle):
+    assert cpu_bundle.stat().st_mode & 0o005 == 0o005

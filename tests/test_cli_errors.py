@@ -192,3 +192,42 @@ def test_infer_on_a_folder_that_is_not_a_bundle(tmp_path):
 def test_help_works():
     result = run("--help")
     assert result.exit_code == 0 and "build" in result.output and "infer" in result.output
+
+
+def test_gate_failure_with_json_prints_the_failed_report(monkeypatch, tmp_path, fashion_mnist):
+    from resnet_deploy.pipeline import build as build_mod
+
+    monkeypatch.chdir(tmp_path)  # default --out (build/<arch>-<target>) lands here
+    monkeypatch.setattr(build_mod, "gate", lambda ref, rows, max_drop: {"max_drop": max_drop, "passed": False,
+                                                                         "failures": ["forced"]})
+    result = CliRunner().invoke(main, ["build", "--target", "onnxruntime", "--eval-samples", "50",
+                                                       "--calib-samples", "10", "--json"])
+    assert result.exit_code == 4
+    assert json.loads(result.stdout)["status"] == "failed"
+
+
+def test_bad_jetson_options_fail_before_any_stage(monkeypatch, out):
+    from resnet_deploy.pipeline import build as build_mod
+
+    def never(*a, **k):
+        raise AssertionError("a stage ran before the options were checked")
+
+    monkeypatch.setattr(build_mod, "load_model_stage", never)
+    assert_clean_failure(run("build", "--target", "jetson", "--device", "foo", "--out", str(out)), "foo", "orin-nano")
+    assert_clean_failure(run("build", "--target", "jetson", "--device", "orin-nano", "--dla-core", "1",
+                             "--out", str(out)), "--dla-core")
+
+
+def test_out_that_is_a_file(tmp_path):
+    f = tmp_path / "x.png"
+    f.write_bytes(b"not a folder")
+    assert_clean_failure(run("build", "--target", "onnxruntime", "--out", str(f)), "--out", "is a file")
+
+
+def test_num_classes_that_does_not_fit_the_embedded_model(out):
+    assert_clean_failure(run("build", "--num-classes", "5", "--out", str(out)), "--num-classes 10")
+
+
+def test_bench_refuses_zero_iterations(tmp_path):
+    result = run("bench", str(tmp_path), "--iterations", "0")
+    assert result.exit_code == 2 and "--iterations" in result.output and "Traceback" not in result.output
