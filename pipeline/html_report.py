@@ -15,6 +15,8 @@ import math
 from html import escape
 from typing import Any, Callable
 
+from resnet_deploy.pipeline.report import describe_checks
+
 # One colour per precision, the same in every plot.
 _COLOURS = {"fp32": "#4C72B0", "int8": "#DD8452", "fp16": "#55A868", "bf16": "#8172B3"}
 _REFERENCE_COLOUR = "#555555"
@@ -182,17 +184,7 @@ def _stages(plot, stages: list[dict]) -> str:
 
 def _checks(report: dict) -> str:
     checks = report.get("checks", {})
-    items = []
-    if "fold" in checks:
-        c = checks["fold"]
-        items.append(f"BN folding: {c.get('folded_layers')} conv+BN pairs folded; max |diff| "
-                     f"{_num(c.get('max_abs_diff'), '{:.2e}')} ({_num(c.get('relative'), '{:.2e}')} of the output "
-                     f"scale, limit {_num(c.get('tolerance'), '{:.0e}')}); top-1 identical: {c.get('top1_equal')}")
-    if "export" in checks:
-        c = checks["export"]
-        items.append(f"ONNX export (opset {c.get('opset')}): {c.get('checker', 'onnx.checker')} passed; max |diff| vs "
-                     f"PyTorch {_num(c.get('max_abs_diff'), '{:.2e}')} on {c.get('samples')} images "
-                     f"(atol {c.get('atol')}, rtol {c.get('rtol')}); top-1 identical: {c.get('top1_equal')}")
+    items = describe_checks(checks)
     for name, cmd in report.get("commands", {}).items():
         items.append(f"device command {name}: {cmd}")
     if not items:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 SCHEMA = "resnet-deploy/report/1"
@@ -34,6 +35,27 @@ def _size(n: int | None) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
+def _num(v: Any, fmt: str) -> str:
+    finite = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return fmt.format(v) if finite else "-"
+
+
+def describe_checks(checks: dict[str, Any]) -> list[str]:
+    """One sentence per conversion self-check (BN fold, ONNX export), shared by report.md and report.html."""
+    out = []
+    if "fold" in checks:
+        c = checks["fold"]
+        out.append(f"BN folding: {c.get('folded_layers')} conv+BN pairs folded; max |diff| "
+                   f"{_num(c.get('max_abs_diff'), '{:.2e}')} ({_num(c.get('relative'), '{:.2e}')} of the output "
+                   f"scale, limit {_num(c.get('tolerance'), '{:.0e}')}); top-1 identical: {c.get('top1_equal')}")
+    if "export" in checks:
+        c = checks["export"]
+        out.append(f"ONNX export (opset {c.get('opset')}): {c.get('checker', 'onnx.checker')} passed; max |diff| vs "
+                   f"PyTorch {_num(c.get('max_abs_diff'), '{:.2e}')} on {c.get('samples')} images "
+                   f"(atol {c.get('atol')}, rtol {c.get('rtol')}); top-1 identical: {c.get('top1_equal')}")
+    return out
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     m, ref, g = report["model"], report["reference"], report["gate"]
     status = "PASSED" if g["passed"] else "FAILED"
@@ -64,18 +86,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     notes = [f"- {r['target']} {r['precision']}: {r['note']}" for r in report["results"] if r.get("note")]
     if notes:
         lines += ["", "## Notes", *notes]
-    checks = report.get("checks", {})
+    checks = describe_checks(report.get("checks", {}))
     if checks:
-        lines += ["", "## Checks"]
-        if "fold" in checks:
-            c = checks["fold"]
-            lines.append(f"- BN folding: {c['folded_layers']} conv+BN pairs folded; max |diff| {c['max_abs_diff']:.2e} "
-                         f"({c['relative']:.2e} of the output scale, limit {c['tolerance']:.0e}); top-1 identical: {c['top1_equal']}")
-        if "export" in checks:
-            c = checks["export"]
-            lines.append(f"- ONNX export (opset {c['opset']}): onnx.checker passed; max |diff| vs PyTorch "
-                         f"{c['max_abs_diff']:.2e} on {c['samples']} images (atol {c['atol']}, rtol {c['rtol']}); "
-                         f"top-1 identical: {c['top1_equal']}")
+        lines += ["", "## Checks", *[f"- {c}" for c in checks]]
     stages = report.get("stages", [])
     if stages:
         lines += ["", "## Stages", "", "| stage | seconds | peak RSS MB |", "|---|---|---|"]
