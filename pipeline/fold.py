@@ -51,16 +51,26 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 
 def _fold_in_place(module: nn.Module) -> int:
-    """Fold every convN/bnN pair and every Sequential(conv, bn) below ``module``; return the count."""
+    """Fold every convN/bnN pair and every Sequential(conv, bn) below ``module``; return the count.
+
+    convN may be a Sequential ending in a conv (the deep stem of ResNet-C/D): bnN folds into its last conv.
+    """
     count = 0
     names = dict(module.named_children())
     for name, child in names.items():
-        if name.startswith("conv") and isinstance(child, nn.Conv2d):
-            bn = names.get("bn" + name[len("conv"):])
-            if isinstance(bn, nn.BatchNorm2d):
-                setattr(module, name, fuse_conv_bn(child, bn))
-                setattr(module, "bn" + name[len("conv"):], nn.Identity())
-                count += 1
+        if not name.startswith("conv"):
+            continue
+        bn = names.get("bn" + name[len("conv"):])
+        if not isinstance(bn, nn.BatchNorm2d):
+            continue
+        if isinstance(child, nn.Conv2d):
+            setattr(module, name, fuse_conv_bn(child, bn))
+        elif isinstance(child, nn.Sequential) and len(child) and isinstance(child[-1], nn.Conv2d):
+            child[-1] = fuse_conv_bn(child[-1], bn)
+        else:
+            continue
+        setattr(module, "bn" + name[len("conv"):], nn.Identity())
+        count += 1
     if isinstance(module, nn.Sequential):
         for i in range(len(module) - 1):
             if isinstance(module[i], nn.Conv2d) and isinstance(module[i + 1], nn.BatchNorm2d):
