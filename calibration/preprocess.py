@@ -19,6 +19,45 @@ from resnet_deploy.errors import ConfigError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_INPUT_SIZE = 8
+# 4096 a side is 50 MB per float32 RGB image: far beyond any classifier's input, small enough that a
+# typo (100000) is an error and not a MemoryError halfway through a build.
+MAX_INPUT_SIZE = 4096
+STD_RANGE = (1e-3, 10.0)  # on [0, 1] pixels; 1e-30 would turn every input into inf
+# How each field is named in messages by default: the build flag that sets it.
+FLAGS = {"input_size": "--input-size", "channels": "input channels", "mean": "--mean", "std": "--std",
+         "crop_ratio": "crop ratio"}
+
+
+def check_values(input_size: tuple[int, int], channels: int, mean: tuple[float, ...], std: tuple[float, ...],
+                 crop_ratio: float, *, names: dict[str, str] | None = None) -> None:
+    """Range-check a preprocessing record. ``names`` says where each field came from (a flag, or a
+    checkpoint's metadata), so the message blames the right place."""
+    name = {**FLAGS, **(names or {})}
+    h, w = input_size
+    if min(h, w) < MIN_INPUT_SIZE:
+        raise ConfigError(f"{name['input_size']} {h}x{w} is too small: a ResNet needs at least "
+                          f"{MIN_INPUT_SIZE} pixels a side.")
+    if max(h, w) > MAX_INPUT_SIZE:
+        raise ConfigError(f"{name['input_size']} {h}x{w} is too large: at most {MAX_INPUT_SIZE} pixels a side.")
+    if channels not in (1, 3):
+        raise ConfigError(f"{name['channels']} must be 1 (grayscale) or 3 (RGB), got {channels}.")
+    for key, values in (("mean", mean), ("std", std)):
+        if len(values) != channels:
+            raise ConfigError(
+                f"{name[key]} has {len(values)} values but the model takes {channels} channel(s): "
+                f"give {channels} comma-separated number(s)."
+            )
+        if not all(math.isfinite(v) for v in values):
+            raise ConfigError(f"{name[key]} must hold finite numbers, got {tuple(values)}.")
+    if not all(0.0 <= v <= 1.0 for v in mean):
+        raise ConfigError(f"{name['mean']} values are on [0, 1] pixels (e.g. 0.485 for ImageNet's red), "
+                          f"got {tuple(mean)}.")
+    lo, hi = STD_RANGE
+    if not all(lo <= v <= hi for v in std):
+        raise ConfigError(f"{name['std']} values must lie in [{lo:g}, {hi:g}] on [0, 1] pixels (e.g. 0.229 for "
+                          f"ImageNet's red), got {tuple(std)}.")
+    if not (math.isfinite(crop_ratio) and 0.1 <= crop_ratio <= 1.0):
+        raise ConfigError(f"{name['crop_ratio']} must lie in [0.1, 1], got {crop_ratio}.")
 
 
 @dataclass(frozen=True)
@@ -38,29 +77,16 @@ class Preprocessing:
     class_names: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        h, w = self.input_size
-        if min(h, w) < MIN_INPUT_SIZE:
-            raise ConfigError(
-                f"--input-size {h}x{w} is too small: a ResNet needs at least {MIN_INPUT_SIZE} pixels a side."
-            )
-        if self.channels not in (1, 3):
-            raise ConfigError(f"Input channels must be 1 (grayscale) or 3 (RGB), got {self.channels}.")
-        for flag, values in (("--mean", self.mean), ("--std", self.std)):
-            if len(values) != self.channels:
-                raise ConfigError(
-                    f"{flag} has {len(values)} values but the model takes {self.channels} channel(s): "
-                    f"give {self.channels} comma-separated number(s)."
-                )
-            if not all(math.isfinite(v) for v in values):
-                raise ConfigError(f"{flag} must hold finite numbers, got {values}.")
-        if any(s <= 0 for s in self.std):
-            raise ConfigError(f"--std values must be positive, got {self.std}.")
-        if not 0.1 <= self.crop_ratio <= 1.0:
-            raise ConfigError(f"crop ratio must lie in [0.1, 1], got {self.crop_ratio}.")
+        check_values(self.input_size, self.channels, self.mean, self.std, self.crop_ratio)
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return (self.channels, *self.input_size)
+
+    @property
+    def resize_side(self) -> int:
+        """The shorter side an image needs before the final resize/crop (for reduced decoding)."""
+        return math.ceil(max(self.input_size) / self.crop_ratio)
 
     def with_classes(self, names: tuple[str, ...] | list[str]) -> "Preprocessing":
         return replace(self, class_names=tuple(names))
@@ -75,16 +101,52 @@ class Preprocessing:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
-        return cls(
-            input_size=tuple(int(v) for v in d["input_size"]),  # type: ignore[arg-type]
-            channels=int(d.get("channels", 3)),
-            mean=tuple(float(v) for v in d["mean"]),
-            std=tuple(float(v) for v in d["std"]),
-            crop_ratio=float(d.get("crop_ratio", 1.0)),
-            channel_order=str(d.get("channel_order", "RGB")),
-            class_names=tuple(str(v) for v in d.get("class_names", ())),
+    def from_dict(cls, d: Any, *, origin: str = "preprocessing") -> "Preprocessing":
+        """The record from its JSON form. Malformed or out-of-range fields raise ConfigError naming
+        ``origin`` and the field (e.g. "checkpoint x.pt metadata preprocessing.std")."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{origin} must be a JSON object, got {type(d).__name__}.")
+
+        def field_of(key: str, convert, default: Any = None):
+            if key not in d:
+                if default is None:
+                    raise ConfigError(f"{origin} has no {key!r}.")
+                return default
+            try:
+                return convert(d[key])
+            except (TypeError, ValueError):
+                raise ConfigError(f"{origin}.{key} is malformed: {d[key]!r}.") from None
+
+        def numbers(v: Any) -> tuple[float, ...]:
+            if not isinstance(v, (list, tuple)) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                         for x in v):
+                raise TypeError
+            return tuple(float(x) for x in v)
+
+        def size(v: Any) -> tuple[int, int]:
+            if not isinstance(v, (list, tuple)) or len(v) != 2 or not all(
+                    isinstance(x, int) and not isinstance(x, bool) for x in v):
+                raise TypeError
+            return (int(v[0]), int(v[1]))
+
+        def integer(v: Any) -> int:
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise TypeError
+            return v
+
+        def names(v: Any) -> tuple[str, ...]:
+            if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
+                raise TypeError
+            return tuple(v)
+
+        values = dict(
+            input_size=field_of("input_size", size), channels=field_of("channels", integer, 3),
+            mean=field_of("mean", numbers), std=field_of("std", numbers),
+            crop_ratio=field_of("crop_ratio", lambda v: float(numbers([v])[0]), 1.0),
         )
+        check_values(**values, names={k: f"{origin}.{k}" for k in values})
+        return cls(**values, channel_order=field_of("channel_order", str, "RGB"),
+                   class_names=field_of("class_names", names, ()))
 
     # --- applying it -------------------------------------------------------------------------
 
@@ -178,4 +240,6 @@ def parse_size(text: str) -> tuple[int, int]:
         raise ConfigError(f"--input-size must be N or HxW; got {text!r}.")
     if min(size) < MIN_INPUT_SIZE:
         raise ConfigError(f"--input-size {text} is too small: at least {MIN_INPUT_SIZE} pixels a side.")
+    if max(size) > MAX_INPUT_SIZE:
+        raise ConfigError(f"--input-size {text} is too large: at most {MAX_INPUT_SIZE} pixels a side.")
     return size  # type: ignore[return-value]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from resnet_deploy.calibration.images import UnreadableImage
 from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.calibration.sources import ImageSource
 from resnet_deploy.errors import DataError
@@ -75,7 +76,10 @@ def decode(
     for i in indices:
         ident = source.ident(int(i))
         try:
-            out[len(keep)] = prep.to_uint8(source.read(int(i)))
+            out[len(keep)] = prep.to_uint8(source.read(int(i), min_side=prep.resize_side))
+        except UnreadableImage as err:
+            skipped.append(f"{ident}: {err}")
+            continue
         except (OSError, ValueError, SyntaxError) as err:  # PIL raises all three for broken files
             skipped.append(f"{ident}: {err.__class__.__name__}")
             continue

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from resnet_deploy.calibration.images import open_image
 from resnet_deploy.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -34,8 +35,9 @@ class ImageSource(Protocol):
 
     def __len__(self) -> int: ...
 
-    def read(self, index: int) -> Image.Image | np.ndarray:
-        """The image at ``index``; raises OSError/ValueError when it cannot be decoded."""
+    def read(self, index: int, *, min_side: int | None = None) -> Image.Image | np.ndarray:
+        """The image at ``index``; raises OSError/ValueError when it cannot be decoded. ``min_side`` is
+        the shorter side the caller needs (huge files may then be decoded at a reduced size)."""
 
     def ident(self, index: int) -> str:
         """A stable identity for manifests and overlap checks (a path, or file#index)."""
@@ -79,10 +81,8 @@ class ImageFolderSource:
     def __len__(self) -> int:
         return len(self.files)
 
-    def read(self, index: int) -> Image.Image:
-        with Image.open(self.files[index]) as img:
-            img.load()
-            return img
+    def read(self, index: int, *, min_side: int | None = None) -> Image.Image:
+        return open_image(self.files[index], min_side=min_side)
 
     def ident(self, index: int) -> str:
         return str(self.files[index].relative_to(self.root))
@@ -100,7 +100,7 @@ class ArraySource:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def read(self, index: int) -> np.ndarray:
+    def read(self, index: int, *, min_side: int | None = None) -> np.ndarray:
         return self.images[index]
 
     def ident(self, index: int) -> str:
@@ -148,6 +148,13 @@ def open_idx(folder: Path, split: str, *, flag: str, class_names: tuple[str, ...
     images, labels = (read_idx(p) for p in found)
     if images.ndim != 3 or len(images) != len(labels):
         raise DataError(f"{flag}: {found[0]} and {found[1]} do not match (shapes {images.shape}, {labels.shape}).")
+    if labels.ndim != 1 or (len(labels) and int(labels.max()) >= len(class_names)):
+        bad = int((labels >= len(class_names)).sum()) if labels.ndim == 1 else len(labels)
+        raise DataError(
+            f"{flag}: {found[1]} holds {bad} label(s) outside 0..{len(class_names) - 1} (largest "
+            f"{int(labels.max())}), but the data has {len(class_names)} classes. The labels file is damaged "
+            "or belongs to another data set."
+        )
     return ArraySource(f"{folder.name}/{split}", images, labels.astype(np.int64), class_names)
 
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -22,11 +22,13 @@ import torch
 from resnet_deploy.calibration.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from resnet_deploy.calibration.sampling import ImageBatch, choose, decode, same_images
 from resnet_deploy.calibration.sources import check_classes, has_split, open_source
+from resnet_deploy import environment, interrupts
 from resnet_deploy.console import Ui
-from resnet_deploy.errors import ConfigError, DataError, GateFailed
+from resnet_deploy.errors import DataError, GateFailed
 from resnet_deploy.models import get_arch
 from resnet_deploy.pipeline import bundle as bundle_io
 from resnet_deploy.pipeline import checkpoint as ckpt
+from resnet_deploy.pipeline import out_lock
 from resnet_deploy.pipeline.evaluate import predict, score
 from resnet_deploy.pipeline.export import export_onnx
 from resnet_deploy.pipeline.fold import fold_batchnorm, verify_fold
@@ -74,21 +76,27 @@ def build(settings: BuildSettings, *, ui: Ui) -> BuildRecord:
     if unused:
         flags = ", ".join("--" + k.replace("_", "-") for k in unused)
         ui.warn(f"{flags} has no effect on --target {', '.join(t.name for t in targets)} (only jetson/tensorrt use it).")
-    if settings.out is not None and settings.out.exists() and not settings.out.is_dir():
-        raise ConfigError(f"--out {settings.out} is a file; give a folder for the bundle.")
-    rec = _timed(load_model_stage, "load")(BuildRecord(settings, Path(), Path()), ui)
-    out = settings.out or Path("build") / f"{rec.loaded.arch}-{'-'.join(t.name for t in targets)}"
-    with bundle_io.staging(out) as staging:
-        rec = replace(rec, staging=staging, out=out)
-        rec = _timed(data_stage, "data")(rec, ui)
-        rec = _timed(fold_stage, "fold")(rec, ui)
-        rec = _timed(export_stage, "export")(rec, ui)
-        rec = _timed(reference_stage, "reference")(rec, ui)
-        for target in targets:
-            rec = _timed(lambda r, u, t=target: compile_stage(r, u, t), f"compile:{target.name}")(rec, ui)
-        rec = _timed(validate_stage, "validate")(rec, ui)
-        rec = report_stage(rec, time.perf_counter() - started)
-        bundle_io.publish(staging, out)
+    with contextlib.ExitStack() as held:
+        if settings.out is not None:  # checked and locked before any checkpoint or image is read
+            held.enter_context(_claim_out(settings.out, settings, ui))
+        rec = _timed(load_model_stage, "load")(BuildRecord(settings, Path(), Path()), ui)
+        out = settings.out or Path("build") / f"{rec.loaded.arch}-{'-'.join(t.name for t in targets)}"
+        if settings.out is None:  # the default folder is named after the model, so it is claimed once that is known
+            held.enter_context(_claim_out(out, settings, ui))
+        with interrupts.saying(lambda: _nothing_written(out)), bundle_io.staging(out) as staging:
+            rec = replace(rec, staging=staging, out=out)
+            rec = _timed(data_stage, "data")(rec, ui)
+            rec = _timed(fold_stage, "fold")(rec, ui)
+            rec = _timed(export_stage, "export")(rec, ui)
+            rec = _timed(reference_stage, "reference")(rec, ui)
+            for target in targets:
+                rec = _timed(lambda r, u, t=target: compile_stage(r, u, t), f"compile:{target.name}")(rec, ui)
+            rec = _timed(validate_stage, "validate")(rec, ui)
+            with _guarded("report", staging, out):
+                rec = report_stage(rec, time.perf_counter() - started)
+            with interrupts.critical(done=f"the new bundle was published to --out {out} just before it."):
+                interrupts.test_point("publish")  # a signal here is held back until the bundle is in place
+                bundle_io.publish(staging, out, force=settings.force)
     ui.info(f"bundle: {out}  report: {out / 'report.md'}")
     if not rec.report["gate"]["passed"]:
         raise GateFailed(
@@ -100,10 +108,41 @@ def build(settings: BuildSettings, *, ui: Ui) -> BuildRecord:
     return rec
 
 
+@contextlib.contextmanager
+def _claim_out(out: Path, settings: BuildSettings, ui: Ui) -> Iterator[None]:
+    """Refuse an --out whose replacement would lose data, then hold its lock until the bundle is published."""
+    inputs = [(flag, Path(value)) for flag, value in (("--eval-data", settings.eval_data),
+                                                       ("--calib-data", settings.calib_data),
+                                                       ("--checkpoint", settings.checkpoint)) if value is not None]
+    bundle_io.check_out(out, force=settings.force, inputs=inputs)  # cheap checks first, before the lock file
+    with out_lock.hold(out):
+        dropped = bundle_io.check_out(out, force=settings.force, inputs=inputs)
+        if dropped:
+            ui.warn(f"--force: {len(dropped)} file(s) in {out} that its bundle did not write go when the new bundle "
+                    f"replaces it: {', '.join(dropped[:5])}{' ...' if len(dropped) > 5 else ''}")
+        yield
+
+
+def _nothing_written(out: Path) -> str:
+    """What is true of --out after an interrupt before the publish step (which cannot be cut in half)."""
+    if (out / bundle_io.MANIFEST).is_file():
+        return f"nothing was written to --out {out}; the previous bundle there is untouched."
+    return f"nothing was written to --out {out}" + ("; it is as it was." if out.exists() else ".")
+
+
+@contextlib.contextmanager
+def _guarded(name: str, staging: Path, out: Path) -> Iterator[None]:
+    """Around each stage: the tests' pause point, and a library error the disk caused named as such."""
+    interrupts.test_point(name)
+    with environment.explain(staging if staging != Path() else None, shown=out if out != Path() else None):
+        yield
+
+
 def _timed(stage: Callable[..., BuildRecord], name: str) -> Callable[..., BuildRecord]:
     def run(rec: BuildRecord, ui: Ui) -> BuildRecord:
         t0 = time.perf_counter()
-        new = stage(rec, ui)
+        with _guarded(name, rec.staging, rec.out):
+            new = stage(rec, ui)
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return replace(new, stages=new.stages + ({"name": name, "seconds": round(time.perf_counter() - t0, 3),
                                                   "peak_rss_mb": round(peak_mb, 1)},))

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.errors import CheckpointError, ConfigError
-from resnet_deploy.models import build_model, get_arch, list_archs
+from resnet_deploy.models import ArchSpec, build_model, get_arch, list_archs
 
 TORCH_SUFFIXES = (".pt", ".pth", ".th", ".tar", ".ckpt", ".bin")
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "ema", "model_ema")
@@ -55,7 +56,29 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             f"--checkpoint: {path} has suffix {path.suffix!r}; give a PyTorch file "
             f"({', '.join(TORCH_SUFFIXES)}) or a .safetensors file."
         )
-    return normalize_keys(raw, path), meta
+    return normalize_keys(raw, path), _check_meta(meta, path)
+
+
+def _check_meta(meta: Any, path: Path) -> dict[str, Any]:
+    """Our metadata block of a checkpoint, type- and range-checked: it is untrusted input like the
+    weights, and a bad value in it must be blamed on the checkpoint, not on a flag never passed."""
+    where = f"--checkpoint {path}: its {META_KEY!r} metadata"
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{where} is a {type(meta).__name__}, not an object. Re-save the checkpoint with "
+                              "`resnet-deploy train`, or save only the weights (then pass the flags).")
+    if "arch" in meta:
+        if not isinstance(meta["arch"], str) or meta["arch"].lower() not in list_archs():
+            raise CheckpointError(f"{where} names architecture {meta['arch']!r}, which is unknown (known: "
+                                  f"{', '.join(list_archs())}). Save only the weights and pass --arch.")
+    if "shortcut" in meta and meta["shortcut"] not in ("A", "B"):
+        raise CheckpointError(f"{where} has shortcut {meta['shortcut']!r}; it must be 'A' or 'B'.")
+    if "preprocessing" in meta and meta["preprocessing"] is not None:
+        try:
+            Preprocessing.from_dict(meta["preprocessing"], origin=f"{where}: preprocessing")
+        except ConfigError as err:
+            raise CheckpointError(f"{err} Re-save the checkpoint with correct metadata, or save only the weights "
+                                  "and pass --input-size, --mean and --std.") from None
+    return meta
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -94,7 +117,7 @@ def _read_torch(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise CheckpointError(
             f"--checkpoint: {path} holds a {type(obj).__name__}, not a state dict. Save model.state_dict()."
         )
-    meta = obj.get(META_KEY, {}) if isinstance(obj.get(META_KEY), dict) else {}
+    meta = obj.get(META_KEY, {})
     for key in NESTED_KEYS:
         if isinstance(obj.get(key), dict) and any(isinstance(v, torch.Tensor) for v in obj[key].values()):
             return obj[key], meta
@@ -124,26 +147,109 @@ def normalize_keys(raw: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+@dataclass(frozen=True)
+class ArchFeatures:
+    """What a state dict shows of its architecture; ``None`` where its weights cannot tell."""
+
+    stem: str | None  # "default" (7x7 conv1), "deep" (conv1.0/3/6), "cifar" (3x3 conv1)
+    block: str  # "basic" | "bottleneck"
+    layers: tuple[int, ...]  # blocks per stage
+    groups: int | None  # of the 3x3 in the first block: its out channels / in channels per group
+    width_per_group: int | None
+    se: bool
+    downsample: str | None  # "conv", "avg" (downsample.0 is a parameter-free pool), None: no projection
+
+    def differences(self, spec: ArchSpec) -> list[str]:
+        """The fields in which ``spec`` differs from these features; empty when it fits."""
+        fields = ("stem", "block", "layers", "groups", "width_per_group", "se", "downsample")
+        return [f for f in fields if getattr(self, f) is not None and getattr(self, f) != getattr(spec, f)]
+
+    def describe(self) -> str:
+        parts = [f"{self.block} blocks {list(self.layers)}", f"stem {self.stem or 'unknown'}"]
+        if self.groups is not None:
+            parts.append(f"groups {self.groups} x width {self.width_per_group}")
+        parts += [f"SE {'yes' if self.se else 'no'}", f"downsample {self.downsample or 'none'}"]
+        return ", ".join(parts)
+
+
+def read_features(sd: dict[str, torch.Tensor]) -> ArchFeatures | None:
+    """The architecture features of a state dict with our key names; None when it has no ResNet stem."""
+    if "conv1.0.weight" in sd:
+        stem: str | None = "deep"
+    elif "conv1.weight" in sd and sd["conv1.weight"].ndim == 4:
+        stem = {7: "default", 3: "cifar"}.get(int(sd["conv1.weight"].shape[-1]))
+    else:
+        return None
+    bottleneck = any(k.endswith(".conv3.weight") for k in sd)
+    blocks: dict[int, set[int]] = {}
+    for key in sd:
+        if m := re.match(r"layer(\d+)\.(\d+)\.", key):
+            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    layers = tuple(max(blocks[s]) + 1 for s in sorted(blocks))
+    groups = width = None
+    conv2 = sd.get("layer1.0.conv2.weight")
+    if conv2 is not None and conv2.ndim == 4 and conv2.shape[1] > 0:
+        groups = int(conv2.shape[0]) // int(conv2.shape[1])
+        width = 64
+        conv3 = sd.get("layer1.0.conv3.weight")
+        if bottleneck and conv3 is not None and groups > 0:
+            # Invert torchvision's width = int(planes * width_per_group / 64) * groups, planes = out / 4.
+            width = int(conv2.shape[0]) // groups * 64 * 4 // int(conv3.shape[0])
+    downsample = None
+    if any(".downsample.0.weight" in k for k in sd):
+        downsample = "conv"
+    elif any(k.endswith(".downsample.1.weight") and sd[k].ndim == 4 for k in sd):
+        downsample = "avg"
+    se = any(".se.fc1." in k for k in sd)
+    return ArchFeatures(stem, "bottleneck" if bottleneck else "basic", layers, groups, width, se, downsample)
+
+
+def matching_archs(features: ArchFeatures) -> list[str]:
+    return [name for name in list_archs() if not features.differences(get_arch(name))]
+
+
 def guess_layout(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """The arch, classes, channels and shortcut a state dict fits, read from its keys and shapes."""
+    """The arch, classes, channels and shortcut a state dict fits, read from its keys and shapes.
+
+    The arch is set only when exactly one registered architecture fits; ``unknown_arch_error``
+    explains the other cases.
+    """
     guess: dict[str, Any] = {}
     if "fc.weight" in sd:
         guess["num_classes"] = int(sd["fc.weight"].shape[0])
-    if "conv1.weight" in sd and sd["conv1.weight"].ndim == 4:
-        guess["in_channels"] = int(sd["conv1.weight"].shape[1])
-        family = "imagenet" if sd["conv1.weight"].shape[-1] == 7 else "cifar"
-        bottleneck = any(k.endswith(".conv3.weight") for k in sd)
-        depths = []
-        for stage in range(1, 5):
-            blocks = {int(m.group(1)) for k in sd if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
-            if blocks:
-                depths.append(max(blocks) + 1)
-        for name in list_archs():
-            spec = get_arch(name)
-            if spec.family == family and tuple(depths) == spec.layers and (spec.block == "bottleneck") == bottleneck:
-                guess["arch"] = name
+    stem_weight = sd.get("conv1.weight", sd.get("conv1.0.weight"))
+    if stem_weight is not None and stem_weight.ndim == 4:
+        guess["in_channels"] = int(stem_weight.shape[1])
+        features = read_features(sd)
+        matches = matching_archs(features) if features is not None else []
+        if len(matches) == 1:
+            guess["arch"] = matches[0]
         guess["shortcut"] = "B" if any(".downsample." in k for k in sd) else "A"
     return guess
+
+
+def unknown_arch_error(path: str | Path, sd: dict[str, torch.Tensor]) -> CheckpointError:
+    """Why no single architecture fits ``sd``, naming the candidates."""
+    features = read_features(sd)
+    if features is None:
+        return CheckpointError(
+            f"--checkpoint: could not tell which ResNet {path} holds (keys such as {', '.join(list(sd)[:4])}). "
+            f"Pass --arch (one of {', '.join(list_archs())})."
+        )
+    matches = matching_archs(features)
+    if len(matches) > 1:
+        return CheckpointError(
+            f"--checkpoint: {path} fits more than one architecture ({features.describe()}): candidates "
+            f"{', '.join(matches)}. Pass --arch with the one it was trained as."
+        )
+    diffs = {name: features.differences(get_arch(name)) for name in list_archs()}
+    fewest = min(len(d) for d in diffs.values())
+    nearest = [f"{name} (differs in {', '.join(d)})" for name, d in diffs.items() if len(d) == fewest]
+    return CheckpointError(
+        f"--checkpoint: {path} holds a ResNet that no known architecture matches ({features.describe()}). "
+        f"Nearest candidates: {'; '.join(nearest)}. `resnet-deploy archs` lists every architecture; "
+        "pass --arch if one of them is meant."
+    )
 
 
 def _describe_mismatch(model: nn.Module, sd: dict[str, torch.Tensor]) -> str:
@@ -184,10 +290,7 @@ def load_model(
         arch = get_arch(arch).name  # unknown names fail here with the list of known ones
     arch = arch or guess.get("arch")
     if arch is None:
-        raise CheckpointError(
-            f"--checkpoint: could not tell which ResNet {path} holds (keys such as {', '.join(list(sd)[:4])}). "
-            f"Pass --arch (one of {', '.join(list_archs())})."
-        )
+        raise unknown_arch_error(path, sd)
     nc = num_classes or guess.get("num_classes", 1000)
     ch = in_channels or guess.get("in_channels", 3)
     shortcut = guess.get("shortcut") if get_arch(arch).family == "cifar" else "B"

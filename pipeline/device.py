@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from resnet_deploy.calibration.images import MAX_PIXELS, UnreadableImage, open_image
 from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.errors import BundleError, ConfigError, DataError, DependencyError, ResnetDeployError
 from resnet_deploy.pipeline import bundle as bundle_io
@@ -34,22 +34,39 @@ class LoadedBundle:
     report: dict[str, Any]
 
 
-def open_bundle(path: Path, *, check_hashes: bool = True) -> LoadedBundle:
-    """A bundle whose files all match their manifest hashes (cheap next to loading a model)."""
+def open_bundle(path: Path, *, check_hashes: bool = True, device_records: bool = True) -> LoadedBundle:
+    """A bundle whose files all match their manifest hashes (cheap next to loading a model).
+
+    Only listed files are read: an unlisted ``device_artifacts.json`` is ignored, and every model file an
+    artifact names must be listed too, or be an engine outside the bundle that device-build recorded with
+    its sha256 (checked in ``load_runner``). ``device_records=False`` (for device-build itself, which
+    rewrites them) neither checks nor reads what device-build wrote.
+    """
     if not path.is_dir():
         raise BundleError(f"BUNDLE: {path} is not a folder. Give the --out folder of `resnet-deploy build`.")
-    bundle_io.verify_bundle(path, check_hashes=check_hashes)
-    extra = path / "device_artifacts.json"  # engines built on the device by `device-build`
+    manifest = bundle_io.verify_bundle(path, check_hashes=check_hashes, skip_device_files=not device_records)
+    bundle_io.require_listed(path, manifest, (bundle_io.REPORT_JSON, bundle_io.PREPROCESSING, bundle_io.EVAL_SAMPLE))
     try:
         report = json.loads((path / bundle_io.REPORT_JSON).read_text())
-        prep = Preprocessing.from_dict(json.loads((path / bundle_io.PREPROCESSING).read_text()))
+        prep = Preprocessing.from_dict(json.loads((path / bundle_io.PREPROCESSING).read_text()),
+                                       origin=bundle_io.PREPROCESSING)
         artifacts = tuple(Artifact.from_dict(a) for a in report.get("artifacts", []))
-        if extra.is_file():
-            artifacts = tuple(Artifact.from_dict(a) for a in json.loads(extra.read_text())) + artifacts
-    except (ValueError, KeyError, TypeError) as err:
+        device: tuple[Artifact, ...] = ()
+        if device_records and bundle_io.DEVICE_ARTIFACTS in manifest["files"]:  # engines built by device-build
+            device = tuple(Artifact.from_dict(a) for a in json.loads((path / bundle_io.DEVICE_ARTIFACTS).read_text()))
+    except ConfigError as err:
+        raise BundleError(f"{path}: the bundle is damaged: {err} Rebuild or copy the bundle again.") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise BundleError(f"{path}: report.json, preprocessing.json or device_artifacts.json is damaged "
                           f"({err.__class__.__name__}: {err}). Rebuild or copy the bundle again.") from None
-    return LoadedBundle(path, prep, artifacts, report)
+    for a in device + artifacts:
+        if a.path.startswith("/") and any(a is d for d in device):
+            if not bundle_io.is_sha256(a.extra.get("sha256")):
+                raise BundleError(f"{path}: {bundle_io.DEVICE_ARTIFACTS} records the engine {a.path} without its "
+                                  "sha256. Run `resnet-deploy device-build` again.")
+            continue
+        bundle_io.require_listed(path, manifest, [a.path, *a.extra.get("files", [])])
+    return LoadedBundle(path, prep, device + artifacts, report)
 
 
 def _runtime_present(runtime: str) -> bool:
@@ -81,6 +98,9 @@ def choose_artifact(b: LoadedBundle, *, runtime: str | None = None, precision: s
 
 
 def load_runner(b: LoadedBundle, artifact: Artifact, *, threads: int | None = None, hint: str | None = None) -> Runner:
+    if Path(artifact.path).is_absolute():  # an engine in a --cache-dir outside the bundle: its own recorded hash
+        bundle_io.verify_external(Path(artifact.path), sha256=artifact.extra.get("sha256", ""),
+                                  size=artifact.extra.get("bytes"))
     try:
         return get_target(artifact.target).load(artifact, b.path, threads=threads, hint=hint)
     except ResnetDeployError:
@@ -91,19 +111,21 @@ def load_runner(b: LoadedBundle, artifact: Artifact, *, threads: int | None = No
                           "The file may be damaged or from a newer runtime: rebuild or copy the bundle again.") from None
 
 
-def read_images(paths: Sequence[Path], prep: Preprocessing) -> np.ndarray:
-    batch = np.empty((len(paths), *prep.shape), dtype=np.float32)
-    for i, p in enumerate(paths):
-        try:
-            with Image.open(p) as img:
-                img.load()
-                batch[i] = prep(img)
-        except FileNotFoundError:
-            raise DataError(f"IMAGE: {p} does not exist.") from None
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            raise DataError(f"IMAGE: {p} is not a readable image ({err.__class__.__name__}). "
-                            "Give JPEG, PNG, BMP or WebP files.") from None
-    return batch
+def read_image(path: Path, prep: Preprocessing) -> np.ndarray:
+    """One image file as the model's input (C, H, W); DataError naming the file and the cause."""
+    try:
+        with open_image(path, min_side=prep.resize_side) as img:
+            return prep(img)
+    except FileNotFoundError:
+        raise DataError(f"IMAGE: {path} does not exist.") from None
+    except PermissionError:
+        raise DataError(f"IMAGE: {path} cannot be read (permission denied).") from None
+    except UnreadableImage as err:
+        raise DataError(f"IMAGE: {path} is not a readable image ({err}). Give JPEG, PNG, BMP or WebP files "
+                        f"of at most {MAX_PIXELS:,} pixels.") from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise DataError(f"IMAGE: {path} is not a readable image ({err.__class__.__name__}). "
+                        "Give JPEG, PNG, BMP or WebP files.") from None
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -112,14 +134,29 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def infer(b: LoadedBundle, runner: Runner, paths: Sequence[Path], *, top: int = 5) -> list[dict[str, Any]]:
-    probs = softmax(np.asarray(runner.run(read_images(paths, b.prep)), dtype=np.float64))
-    names = b.prep.class_names or tuple(str(i) for i in range(probs.shape[1]))
-    out = []
-    for p, row in zip(paths, probs):
-        best = np.argsort(-row)[:top]
-        out.append({"image": str(p), "top": [{"class": names[i], "index": int(i), "probability": float(row[i])}
-                                              for i in best]})
+def infer(b: LoadedBundle, runner: Runner, paths: Sequence[Path], *, top: int = 5,
+          chunk: int = 64) -> list[dict[str, Any]]:
+    """One entry per path, in order: ``{"image", "top": [...]}``, or ``{"image", "error"}`` for a file that
+    cannot be read (the others are still answered). Images are decoded ``chunk`` at a time."""
+    names = b.prep.class_names
+    out: list[dict[str, Any]] = []
+    for start in range(0, len(paths), chunk):
+        inputs, answered = [], []
+        for p in paths[start : start + chunk]:
+            try:
+                inputs.append(read_image(p, b.prep))
+            except DataError as err:
+                out.append({"image": str(p), "error": str(err)})
+                continue
+            answered.append({"image": str(p)})
+            out.append(answered[-1])
+        if not inputs:
+            continue
+        probs = softmax(np.asarray(runner.run(np.stack(inputs)), dtype=np.float64))
+        for entry, row in zip(answered, probs):
+            best = np.argsort(-row)[:top]
+            entry["top"] = [{"class": names[i] if i < len(names) else str(i), "index": int(i),
+                             "probability": float(row[i])} for i in best]
     return out
 
 

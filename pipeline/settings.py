@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from resnet_deploy.errors import ConfigError
+from resnet_deploy.ranges import SEED_MAX, THREADS_MAX, check_float, check_int
 from resnet_deploy.pipeline.latency import LatencySettings
 
 # Shipped inside the package: a resnet20 trained with `resnet-deploy train` on Fashion-MNIST (see README).
+MAX_IMAGES = 10_000_000  # more than ImageNet-21k's 14M would take days here; a typo guard, not a policy
+MAX_CLASSES = 100_000
 EMBEDDED_MODEL = Path(str(files("resnet_deploy") / "assets" / "fmnist_resnet20.safetensors"))
 
 
@@ -36,18 +39,18 @@ class BuildSettings:
     latency: LatencySettings = field(default_factory=LatencySettings)
     target_options: dict[str, Any] = field(default_factory=dict)
     eval_sample_size: int = 500
+    force: bool = False  # replace a bundle at --out even when it holds files it did not write
 
     def __post_init__(self) -> None:
         if not self.targets:
             raise ConfigError("Give at least one --target (openvino, onnxruntime, tensorrt, jetson or all).")
-        if self.calib_samples < 1:
-            raise ConfigError(f"--calib-samples must be at least 1, got {self.calib_samples}.")
-        if self.eval_samples is not None and self.eval_samples < 1:
-            raise ConfigError(f"--eval-samples must be at least 1, got {self.eval_samples}.")
-        if self.max_drop < 0:
-            raise ConfigError(f"--max-drop must be zero or positive (points of top-1), got {self.max_drop}.")
-        if self.num_classes is not None and self.num_classes < 1:
-            raise ConfigError(f"--num-classes must be at least 1, got {self.num_classes}.")
+        check_int(self.calib_samples, "--calib-samples", lo=1, hi=MAX_IMAGES)
+        check_int(self.eval_samples, "--eval-samples", lo=1, hi=MAX_IMAGES, optional=True)
+        check_float(self.max_drop, "--max-drop (points of top-1)", lo=0.0, hi=100.0)
+        check_int(self.num_classes, "--num-classes", lo=1, hi=MAX_CLASSES, optional=True)
+        check_int(self.seed, "--seed", lo=0, hi=SEED_MAX)
+        check_int(self.threads, "--threads", lo=1, hi=THREADS_MAX, optional=True)
+        check_int(self.eval_sample_size, "eval_sample_size", lo=1, hi=MAX_IMAGES)
         if self.checkpoint is None and self.arch is None and not EMBEDDED_MODEL.is_file():
             raise ConfigError(f"The embedded default model {EMBEDDED_MODEL} is missing: pass --checkpoint or --arch.")
 

@@ -22,9 +22,11 @@ from torch import nn
 from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.calibration.sampling import decode
 from resnet_deploy.calibration.sources import ImageSource
+from resnet_deploy import interrupts
 from resnet_deploy.errors import CheckpointError, ConfigError
 from resnet_deploy.models import build_model, get_arch
 from resnet_deploy.pipeline import checkpoint as ckpt
+from resnet_deploy.ranges import SEED_MAX, THREADS_MAX, check_float, check_int
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,15 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         get_arch(self.arch)
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError("--epochs and --batch-size must be at least 1 and --lr positive.")
+        check_int(self.epochs, "--epochs", lo=1, hi=100_000)
+        check_int(self.batch_size, "--batch-size", lo=1, hi=65_536)
+        check_float(self.lr, "--lr", lo=0.0, hi=100.0, lo_open=True)
+        check_float(self.momentum, "--momentum", lo=0.0, hi=0.999)
+        check_float(self.weight_decay, "--weight-decay", lo=0.0, hi=1.0)
+        check_float(self.label_smoothing, "label_smoothing", lo=0.0, hi=0.999)
+        check_int(self.pad_crop, "pad_crop", lo=0, hi=1024, optional=True)
+        check_int(self.seed, "--seed", lo=0, hi=SEED_MAX)
+        check_int(self.threads, "--threads", lo=1, hi=THREADS_MAX, optional=True)
         if self.schedule not in ("cosine", "onecycle"):
             raise ConfigError(f"--schedule must be cosine or onecycle, got {self.schedule!r}.")
 
@@ -203,15 +212,19 @@ def train(
         history.append(row)
         if rank == 0:
             tmp = last.with_suffix(".tmp")
-            ckpt.save_checkpoint(tmp, model, meta, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                                 epoch=epoch + 1, history=history)
-            tmp.replace(last)
+            with interrupts.critical(done=f"{last} holds epoch {epoch + 1} of {settings.epochs}; "
+                                          "continue with the same command and --resume."):
+                ckpt.save_checkpoint(tmp, model, meta, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                                     epoch=epoch + 1, history=history)
+                tmp.replace(last)
+            interrupts.test_point("epoch")
             if on_progress:
                 on_progress("epoch", epoch, steps_per_epoch, row)
     weights = out_dir / "model.safetensors"
     if rank == 0:
         meta["history"] = history
-        ckpt.save_safetensors(weights, model.cpu(), meta)
+        with interrupts.critical(done=f"training finished: {weights} and {last} are complete."):
+            ckpt.save_safetensors(weights, model.cpu(), meta)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

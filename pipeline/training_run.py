@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from pathlib import Path
-
 
 from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.calibration.sampling import choose, decode
 from resnet_deploy.calibration.sources import ImageSource, has_split, open_source
+from resnet_deploy import interrupts
 from resnet_deploy.console import Ui
-from resnet_deploy.errors import DataError
+from resnet_deploy.errors import CheckpointError, ConfigError, DataError, ResnetDeployError
+from resnet_deploy.pipeline import checkpoint as ckpt
+from resnet_deploy.pipeline import out_lock
 from resnet_deploy.pipeline.train import TrainResult, TrainSettings, channel_stats, train
 
 
@@ -19,8 +23,16 @@ def native_size(source: ImageSource) -> tuple[tuple[int, int], int]:
     images = getattr(source, "images", None)
     if images is not None:
         return tuple(images.shape[1:3]), 1 if images.ndim == 3 else images.shape[3]  # type: ignore[return-value]
-    img = source.read(0)
-    return (img.size[1], img.size[0]), 1 if img.mode in ("L", "I;16", "I", "F", "1") else 3
+    first_error = ""
+    for index in range(min(len(source), 20)):
+        try:
+            img = source.read(index)
+        except (OSError, ValueError) as err:
+            first_error = f"{source.ident(index)}: {err}"
+            continue
+        return (img.size[1], img.size[0]), 1 if img.mode in ("L", "I;16", "I", "F", "1") else 3
+    raise DataError(f"--data: none of the first images of {source.name} could be read (first: {first_error}). "
+                    "Remove or re-encode the broken files, or pass --input-size and --channels.")
 
 
 def training_preprocessing(source: ImageSource, *, input_size, channels, mean, std) -> Preprocessing:
@@ -35,8 +47,68 @@ def training_preprocessing(source: ImageSource, *, input_size, channels, mean, s
     return Preprocessing(size, ch, tuple(mean), tuple(std), class_names=source.class_names)
 
 
+RUN_MARKER = "run.json"  # written into every run folder: how a later `train --out` knows a run of ours
+_RUN_FILES = ("last.pt", "model.safetensors")
+
+
+def is_training_run(out: Path) -> bool:
+    """A folder a `resnet-deploy train` wrote: our run.json, or (runs before run.json) a checkpoint of ours."""
+    try:
+        marker = json.loads((out / RUN_MARKER).read_text())
+        if isinstance(marker, dict) and marker.get("tool") == "resnet-deploy":
+            return True
+    except (OSError, ValueError):
+        pass
+    for name in _RUN_FILES:
+        if (out / name).is_file():
+            try:
+                meta = ckpt.read_checkpoint(out / name)[1]
+            except (ResnetDeployError, OSError, ValueError):  # unreadable: not recognisably ours
+                meta = None
+            if isinstance(meta, dict) and "train" in meta:
+                return True
+    return False
+
+
+def check_run_folder(out: Path, *, resume: bool) -> None:
+    """Before any data is read: --out is new or empty, or a run of ours (which only --resume continues)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for the training run.")
+    last = out / "last.pt"
+    if out.is_dir() and any(out.iterdir()):
+        if not is_training_run(out):
+            raise ConfigError(f"--out {out} is not empty and is not a resnet-deploy training run (no {RUN_MARKER}); "
+                              "training would overwrite files in it. Choose an empty or new folder for --out.")
+        if not resume and any((out / name).is_file() for name in _RUN_FILES):
+            raise ConfigError(f"--out {out} already holds a training run ({', '.join(n for n in _RUN_FILES if (out / n).is_file())}); "
+                              "pass --resume to continue it, or choose another --out.")
+    if resume and not last.is_file():
+        raise CheckpointError(f"--resume: no {last} to resume from. Run without --resume first.")
+
+
 def run_training(settings: TrainSettings, *, data: str, test_data: str | None, out: Path, input_size=None,
                  channels=None, mean=None, std=None, resume: bool = False, ui: Ui) -> TrainResult | None:
+    """Check --out, hold its lock (rank 0: the one that writes), mark it as a run, then train."""
+    check_run_folder(out, resume=resume)
+    rank = int(os.environ.get("RANK", "0"))
+    with out_lock.hold(out, what="train") if rank == 0 else contextlib.nullcontext():
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / RUN_MARKER).write_text(json.dumps({"tool": "resnet-deploy", "kind": "train", "arch": settings.arch,
+                                                      "epochs": settings.epochs, "seed": settings.seed}) + "\n")
+        return _run_training(settings, data=data, test_data=test_data, out=out, input_size=input_size,
+                             channels=channels, mean=mean, std=std, resume=resume, ui=ui)
+
+
+def _no_epoch_finished(out: Path) -> str:
+    last = out / "last.pt"
+    if last.is_file():
+        return f"no epoch finished in this run; {last} is as it was (continue with --resume)."
+    return f"no epoch finished, so {out} holds no checkpoint yet."
+
+
+def _run_training(settings: TrainSettings, *, data: str, test_data: str | None, out: Path, input_size=None,
+                  channels=None, mean=None, std=None, resume: bool = False, ui: Ui) -> TrainResult | None:
     train_source = open_source(data, "train", flag="--data")
     if len(train_source.class_names) < 2:
         raise DataError(f"--data: {train_source.name} has fewer than two classes; nothing to classify.")
@@ -62,7 +134,9 @@ def run_training(settings: TrainSettings, *, data: str, test_data: str | None, o
                 quiet_ui.info(f"epoch {row['epoch']}: loss {row['loss']:.4f} train top-1 {row['train_top1']:.4f}"
                               f"{test} ({row['seconds']:.0f}s)")
 
-        result = train(settings, train_source, prep, out, test_source=test_source, resume=resume, on_progress=progress)
+        with interrupts.saying(_no_epoch_finished(out)):  # after an epoch, its checkpoint's own sentence holds
+            result = train(settings, train_source, prep, out, test_source=test_source, resume=resume,
+                           on_progress=progress)
     return result if rank == 0 else None
 
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 import click
 
-from resnet_deploy import __version__
+from resnet_deploy import __version__, environment, interrupts
 from resnet_deploy.console import Ui
-from resnet_deploy.errors import ConfigError, GateFailed, ResnetDeployError
+from resnet_deploy.errors import ConfigError, DataError, GateFailed, ResnetDeployError
 
 pass_ui = click.make_pass_decorator(Ui, ensure=True)
 
@@ -31,21 +32,48 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with interrupts.handling():
+                result = super().invoke(ctx)
+                sys.stdout.flush()  # a reader that went away (`| head`) is noticed here, not at exit
+                return result
         except ResnetDeployError as err:
             click.secho(f"error: {err}", fg="red", err=True)
             sys.exit(err.exit_code)
-        except KeyboardInterrupt:
-            click.secho("interrupted: nothing was written to the output folder.", fg="red", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as err:  # Ctrl-C, and SIGTERM (errors.Interrupted)
+            signum = getattr(err, "signum", signal.SIGINT)
+            written = getattr(err, "written", None) or interrupts.done() or "nothing was written."
+            click.secho(f"interrupted ({signal.Signals(signum).name}): {written}", fg="red", err=True)
+            sys.exit(128 + signum)
+        except BrokenPipeError:  # the reader of stdout went away: stop quietly, as Unix tools do
+            _stdout_to_devnull()
+            sys.exit(128 + signal.SIGPIPE)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
+        except OSError as err:  # disk full, read-only, permission denied, ...: the user's to fix
+            fault = environment.describe(err)
+            if fault is None or os.environ.get("RESNET_DEPLOY_DEBUG"):
+                return self._bug(err)
+            click.secho(f"error: {fault}", fg="red", err=True)
+            sys.exit(fault.exit_code)
         except Exception as err:  # a bug of ours: say so in one paragraph; the traceback is opt-in
-            if os.environ.get("RESNET_DEPLOY_DEBUG"):
-                raise
-            click.secho(f"internal error: {err.__class__.__name__}: {err}. This is a bug in resnet-deploy; "
-                        "rerun with RESNET_DEPLOY_DEBUG=1 for the traceback and report it.", fg="red", err=True)
-            sys.exit(1)
+            return self._bug(err)
+
+    @staticmethod
+    def _bug(err: Exception):
+        if os.environ.get("RESNET_DEPLOY_DEBUG"):
+            raise err
+        click.secho(f"internal error: {err.__class__.__name__}: {err}. This is a bug in resnet-deploy; "
+                    "rerun with RESNET_DEPLOY_DEBUG=1 for the traceback and report it.", fg="red", err=True)
+        sys.exit(1)
+
+
+def _stdout_to_devnull() -> None:
+    """Python's advice for SIGPIPE: point stdout at /dev/null so the final flush at exit cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (a test runner's buffer)
+        pass
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -73,6 +101,16 @@ def _floats(flag: str):
             raise click.BadParameter(str(err)) from None
 
     return convert
+
+
+class FiniteRange(click.FloatRange):
+    """click.FloatRange lets NaN through (every comparison with NaN is false); this does not."""
+
+    def convert(self, value, param, ctx):
+        out = super().convert(value, param, ctx)
+        if out != out:  # NaN
+            self.fail(f"{value!r} is not a number in the range {self.min:g}..{self.max:g}.", param, ctx)
+        return out
 
 
 def _size(ctx, param, value):
@@ -125,11 +163,10 @@ def train(ui: Ui, arch, data, test_data, epochs, batch_size, lr, momentum, weigh
 @main.command()
 def archs() -> None:
     """List the architectures."""
-    from resnet_deploy.models import get_arch, list_archs
+    from resnet_deploy.models import describe_arch, list_archs
 
     for name in list_archs():
-        spec = get_arch(name)
-        click.echo(f"{name:10s} {spec.family:8s} {spec.block:10s} blocks={list(spec.layers)}")
+        click.echo(describe_arch(name))
 
 
 @main.command()
@@ -155,12 +192,14 @@ def archs() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for choosing calibration/evaluation images.")
 @click.option("--threads", type=int, default=None, help="Runtime threads for validation and latency.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Bundle folder (default: build/<arch>-<target>).")
+@click.option("--force", is_flag=True,
+              help="Replace the bundle at --out even when it holds files it did not write (they are dropped).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout (implies --quiet).")
 @quiet_option
 @pass_ui
 def build(ui: Ui, targets, checkpoint, arch, num_classes, input_size, mean, std, calib_data, calib_samples,
           eval_data, eval_samples, max_drop, device, dla_core, max_batch, workspace_mb, seed, threads, out,
-          as_json) -> None:
+          force, as_json) -> None:
     """Load or train, fold BN, export ONNX, quantize to INT8, compile per target, validate, write a bundle."""
     from resnet_deploy.pipeline.build import build as run_build
     from resnet_deploy.pipeline.settings import BuildSettings
@@ -173,7 +212,7 @@ def build(ui: Ui, targets, checkpoint, arch, num_classes, input_size, mean, std,
         targets=tuple(targets), out=out, checkpoint=checkpoint, arch=arch, num_classes=num_classes,
         input_size=input_size, mean=mean, std=std, calib_data=calib_data, calib_samples=calib_samples,
         eval_data=eval_data, eval_samples=eval_samples, max_drop=max_drop, seed=seed, threads=threads,
-        target_options=options,
+        target_options=options, force=force,
     )
     _quiet_libraries(ui)
     try:
@@ -217,8 +256,8 @@ def _batches(ctx, param, value):
         out = tuple(int(v) for v in value.split(","))
     except ValueError:
         raise click.BadParameter("--batch takes comma-separated sizes such as 1,8,32") from None
-    if not out or min(out) < 1:
-        raise click.BadParameter("--batch sizes must be at least 1")
+    if not out or min(out) < 1 or max(out) > 4096:
+        raise click.BadParameter("--batch sizes must lie in 1..4096")
     return out
 
 
@@ -244,14 +283,20 @@ def infer(ui: Ui, bundle, images, top, runtime, precision, as_json) -> None:
     artifact = device.choose_artifact(b, runtime=runtime, precision=precision)
     runner = device.load_runner(b, artifact)
     results = device.infer(b, runner, images, top=top)
+    failed = [r for r in results if "error" in r]
     if as_json:
         click.echo(json.dumps({"runner": runner.description, "artifact": artifact.path, "results": results}, indent=2))
-        return
-    ui.info(f"using {artifact.path} ({artifact.precision}) on {runner.description}")
-    for r in results:
-        click.echo(r["image"])
-        for t in r["top"]:
-            click.echo(f"  {t['probability'] * 100:6.2f}%  {t['class']}")
+    else:
+        ui.info(f"using {artifact.path} ({artifact.precision}) on {runner.description}")
+        for r in results:
+            if "error" in r:
+                continue
+            click.echo(r["image"])
+            for t in r["top"]:
+                click.echo(f"  {t['probability'] * 100:6.2f}%  {t['class']}")
+    if failed:  # the readable images were answered above; the exit code says not all were
+        raise DataError(f"{len(failed)} of {len(results)} image(s) could not be classified: "
+                        + " ".join(r["error"] for r in failed[:5]) + (" ..." if len(failed) > 5 else ""))
 
 
 @main.command()
@@ -259,13 +304,14 @@ def infer(ui: Ui, bundle, images, top, runtime, precision, as_json) -> None:
 @_runtime_opt
 @_precision_opt
 @click.option("--batch", "batches", callback=_batches, default="1", show_default=True, help="Batch sizes, e.g. 1,8,32.")
-@click.option("--threads", type=int, default=None, help="Runtime threads (default: the runtime's choice).")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="Runtime threads (default: the runtime's choice).")
 @click.option("--hint", type=click.Choice(["latency", "throughput"]), default=None,
               help="OpenVINO performance hint (streams); default latency.")
-@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
-@click.option("--iterations", type=click.IntRange(min=1), default=100, show_default=True,
+@click.option("--warmup", type=click.IntRange(0, 100_000), default=10, show_default=True)
+@click.option("--iterations", type=click.IntRange(1, 10_000_000), default=100, show_default=True,
               help="Minimum timed calls per batch size.")
-@click.option("--seconds", type=click.FloatRange(min=0), default=2.0, show_default=True,
+@click.option("--seconds", type=FiniteRange(0, 3600), default=2.0, show_default=True,
               help="Minimum timed seconds per batch size.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Device report path (default: BUNDLE/device_report.json).")
@@ -289,11 +335,13 @@ def bench(ui: Ui, bundle, runtime, precision, batches, threads, hint, warmup, it
     result["host"] = {"cpu": cpu_name(), "threads": threads, "hint": hint}
     report_path = out or bundle / "device_report.json"
     try:
-        report_path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(report_path, result)
+        with interrupts.critical(done=f"the device report was written to {report_path} just before it."):
+            report_path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(report_path, result)
     except OSError as err:
-        raise ConfigError(f"--out: cannot write the device report to {report_path} ({err.strerror}). "
-                          "Give a writable path with --out.") from None
+        raise environment.describe(err) or ConfigError(
+            f"--out: cannot write the device report to {report_path} ({err.strerror}). "
+            "Give a writable path with --out.") from None
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -333,7 +381,7 @@ def device_build(ui: Ui, bundle, dla_core, force, cache_dir) -> None:
     from resnet_deploy.pipeline.device import open_bundle
     from resnet_deploy.targets._trt_engine import device_build as run
 
-    open_bundle(bundle)  # a complete bundle, or a clear error
+    open_bundle(bundle, device_records=False)  # a complete bundle, or a clear error; its own records it rewrites
     engine = run(bundle, dla_core=dla_core, force=force, cache_dir=cache_dir)
     click.echo(f"engine: {engine}  (run `resnet-deploy bench {bundle}` to measure it)")
 

@@ -43,3 +43,26 @@ class GateFailed(ResnetDeployError):
 
 class BundleError(ResnetDeployError):
     """A deployment bundle is missing files, was tampered with, or cannot run here."""
+
+
+class OutputInUse(ResnetDeployError):
+    """Another resnet-deploy process holds the lock of this output folder."""
+
+
+class EnvironmentFault(ResnetDeployError):
+    """The machine refused a file operation (disk full, read-only, permission denied, not a regular file):
+    the user's to fix, not a bug. Made from an ``OSError`` by ``resnet_deploy.environment``."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the command. A ``KeyboardInterrupt``, so every ``finally`` and cleanup
+    treats both alike; ``written`` is the true sentence about what reached the disk, when known."""
+
+    def __init__(self, signum: int, written: str | None = None) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.written = written
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM

@@ -49,13 +49,34 @@ from resnet_deploy.targets.base import Artifact, CompileInput, Runner, Target
 _MAX_STATIC_BATCHES = 4
 
 
+_CORE = None
+
+
+def shared_core():
+    """The process's one ``ov.Core``: OpenVINO advises one per process, and the CPU plugin needs it.
+
+    Each Core loads its own CPU plugin, and each plugin, when created, installs an alternate signal
+    stack on the calling thread and puts the previous one back when destroyed. Two Cores whose
+    models are freed first-in-first-out leave the main thread's alternate stack pointing at unmapped
+    memory, so the next SIGINT (Python's handler runs on that stack) killed the process with SIGSEGV
+    instead of raising KeyboardInterrupt (a build's validate stage does exactly that: FP32 runner,
+    then INT8 runner). One Core means one plugin, created once and destroyed at exit.
+    """
+    global _CORE
+    if _CORE is None:
+        import openvino as ov
+
+        _CORE = ov.Core()
+    return _CORE
+
+
 class OvRunner:
     """Synchronous ``run(batch) -> logits``; compiles a static-shape model per batch size on first use."""
 
     def __init__(self, path: Path, *, precision: str, threads: int | None = None, hint: str = "LATENCY") -> None:
         import openvino as ov
 
-        self.core = ov.Core()
+        self.core = shared_core()
         self.model = self.core.read_model(str(path))
         self.config: dict[str, Any] = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": "f32",
                                        "ENABLE_CPU_PINNING": False}
@@ -92,7 +113,7 @@ def nncf_quantize(fp32_xml: Path, out: Path, calibration: np.ndarray, *, preset:
     import nncf
     import openvino as ov
 
-    model = ov.Core().read_model(str(fp32_xml))
+    model = shared_core().read_model(str(fp32_xml))
     dataset = nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))])
     quantized = nncf.quantize(
         model, dataset, subset_size=len(calibration), target_device=nncf.TargetDevice.CPU,

@@ -113,12 +113,16 @@ def test_bench_reproduces_the_build_accuracy_on_the_bundled_sample(cpu_bundle, t
 
 
 def test_rebuilding_replaces_the_bundle_whole(cpu_bundle, tmp_path):
-    """A second build into an existing bundle folder swaps it; nothing of the old one lingers."""
+    """A second build into an existing bundle folder swaps it; a file the old one did not write needs --force,
+    then nothing of the old one lingers."""
     out = tmp_path / "b"
     args = ["build", "--target", "onnxruntime", "--out", str(out), "--eval-samples", "100", "--calib-samples", "20", "-q"]
     assert CliRunner().invoke(main, args).exit_code == 0
+    assert CliRunner().invoke(main, args).exit_code == 0  # a bundle of ours alone is replaced without --force
     (out / "stale.txt").write_text("old")
-    assert CliRunner().invoke(main, args).exit_code == 0
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 2 and "stale.txt" in refused.output and (out / "stale.txt").exists()
+    assert CliRunner().invoke(main, [*args, "--force"]).exit_code == 0
     assert not (out / "stale.txt").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 

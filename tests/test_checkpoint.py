@@ -76,7 +76,8 @@ class TestLayouts:
         assert_same_model(loaded, resnet20, sample)
 
     def test_our_own_writers_round_trip_with_metadata(self, tmp_path, resnet20, sample):
-        meta = {"arch": "resnet20", "shortcut": "A", "preprocessing": {"mean": [0.5]}}
+        meta = {"arch": "resnet20", "shortcut": "A",
+                "preprocessing": {"input_size": [28, 28], "channels": 1, "mean": [0.5], "std": [0.25]}}
         save_checkpoint(tmp_path / "w.pt", resnet20, meta, epoch=3)
         save_safetensors(tmp_path / "w.safetensors", resnet20, meta)
         for name in ("w.pt", "w.safetensors"):

@@ -419,6 +419,39 @@ def test_device_build_records_the_engine_for_the_device_side(compiled, fake_gpu)
         _trt_engine.device_build(bundle, dla_core=5)
 
 
+def test_device_build_lists_its_engine_in_the_manifest(compiled, fake_gpu, tmp_path):
+    from resnet_deploy.pipeline import bundle as bundle_io
+
+    bundle, _ = compiled("jetson", device="agx-orin")
+    bundle_io.write_manifest(bundle, versions={}, args={}, seed=0, calibration={})
+    fake_gpu("10.3.0")
+    path = _trt_engine.device_build(bundle)
+    files = bundle_io.verify_bundle(bundle)["files"]
+    rel = str(path.resolve().relative_to(bundle.resolve()))
+    for name in ("device_artifacts.json", rel, rel[:-len(".engine")] + ".json"):
+        assert files[name]["written_by"] == "device-build", name
+    assert not list(bundle.glob("*.tmp-*")) and not (bundle.parent / f".{bundle.name}.lock").exists()
+    _trt_engine.device_build(bundle, dla_core=1)  # the newest engine replaces the last in the manifest too
+    files = bundle_io.verify_bundle(bundle)["files"]
+    assert rel not in files and sum(n.endswith(".engine") for n in files) == 1
+
+    outside = tmp_path / "engine-cache"  # --cache-dir outside the bundle: absolute path and its own sha256
+    path = _trt_engine.device_build(bundle, cache_dir=outside)
+    record = json.loads((bundle / "device_artifacts.json").read_text())[0]
+    assert record["path"] == str(path.resolve()) and record["extra"]["sha256"] == cache.sha256_file(path)
+    assert not any(n.endswith(".engine") for n in bundle_io.verify_bundle(bundle)["files"])
+
+
+def test_device_build_refuses_while_another_writes_the_bundle(compiled, fake_gpu):
+    from resnet_deploy.errors import OutputInUse
+    from resnet_deploy.pipeline import out_lock
+
+    bundle, _ = compiled("jetson")
+    fake_gpu("10.3.0")
+    with out_lock.hold(bundle, what="device-build"), pytest.raises(OutputInUse, match="device-build .pid"):
+        _trt_engine.device_build(bundle)
+
+
 def test_device_build_without_tensorrt_says_how_to_get_it(compiled, monkeypatch):
     bundle, _ = compiled("jetson")
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails as when it is not installed
