@@ -7,6 +7,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from resnet_deploy.calibration.preprocess import MAX_INPUT_SIZE, MIN_INPUT_SIZE, STD_RANGE
 from resnet_deploy.errors import ConfigError
 from resnet_deploy.ranges import SEED_MAX, THREADS_MAX, check_float, check_int
 from resnet_deploy.pipeline.latency import LatencySettings
@@ -51,6 +52,13 @@ class BuildSettings:
         check_int(self.seed, "--seed", lo=0, hi=SEED_MAX)
         check_int(self.threads, "--threads", lo=1, hi=THREADS_MAX, optional=True)
         check_int(self.eval_sample_size, "eval_sample_size", lo=1, hi=MAX_IMAGES)
+        # The values alone, before the model is read (their count against its channels comes later).
+        for side in self.input_size or ():
+            check_int(side, "--input-size", lo=MIN_INPUT_SIZE, hi=MAX_INPUT_SIZE)
+        for v in self.mean or ():
+            check_float(v, "--mean values (on [0, 1] pixels)", lo=0.0, hi=1.0)
+        for v in self.std or ():
+            check_float(v, "--std values (on [0, 1] pixels)", lo=STD_RANGE[0], hi=STD_RANGE[1])
         if self.checkpoint is None and self.arch is None and not EMBEDDED_MODEL.is_file():
             raise ConfigError(f"The embedded default model {EMBEDDED_MODEL} is missing: pass --checkpoint or --arch.")
 

@@ -104,7 +104,9 @@ def test_report_json_is_strict_json(tmp_path):
 ])
 def test_build_numeric_flags_refused_before_any_work(out, args, needle):
     started = time.perf_counter()
-    assert_user_error(run("build", *args, "--out", str(out)), needle)
+    result = run("build", *args, "--out", str(out))
+    assert_user_error(result, needle)
+    assert "model:" not in result.output  # refused before the checkpoint was even read
     assert time.perf_counter() - started < 10
 
 
