@@ -46,7 +46,7 @@ from _common import CIFAR10, export_model, ort_session, ov_runner, quiet, real_i
 from resnet_deploy.pipeline.evaluate import predict
 from resnet_deploy.pipeline.latency import LatencySettings, LatencyStats, measure
 from resnet_deploy.targets import CompileInput, get_target
-from resnet_deploy.targets._cpu import cpu_name, isa_summary
+from resnet_deploy.host import cpu_name, isa_summary
 
 BASELINE = "onnxruntime fp32"
 AGREE_BATCH = 25  # agreement in batches: single-image calls would cost more than the timing itself

@@ -20,7 +20,7 @@ import numpy as np
 from _common import export_model, ort_session, ov_runner, quiet, real_images
 
 from resnet_deploy.pipeline.latency import LatencySettings, measure
-from resnet_deploy.targets._cpu import cpu_name
+from resnet_deploy.host import cpu_name
 
 
 def ort_variants(fp32: Path, work: Path, calib: np.ndarray) -> dict[str, Path]:

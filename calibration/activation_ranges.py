@@ -1,23 +1,23 @@
 """Per-tensor activation ranges (amax) of an ONNX model over calibration images, without torch.
 
-ONNX Runtime runs the FP32 graph with every float intermediate tensor exposed as an output; amax,
-the clipping value of symmetric INT8 (scale = amax / 127), comes from one of three rules:
-
-- ``max``: the largest |x| seen. Nothing is clipped, so one outlier pixel widens the step for all.
-- ``percentile``: the 99.99th percentile of |x| (a 2048-bin histogram), clipping the rarest values.
-- ``entropy``: TensorRT's own calibrator (IInt8EntropyCalibrator2): the clip whose 128-level
-  histogram keeps the most information (least KL divergence from the FP32 histogram), as NVIDIA's
+The caller's ONNX executor runs the FP32 graph with every float intermediate exposed as an output. amax, the clip of
+symmetric INT8 (scale = amax / 127), by three rules, since each trades clipping against step size:
+- ``max``: the largest |x|; clips nothing, so one outlier pixel widens the step for all;
+- ``percentile``: the 99.99th percentile of |x| (2048-bin histogram), clipping the rarest values;
+- ``entropy``: TensorRT's IInt8EntropyCalibrator2 rule (least KL divergence over 128 levels), as
   pytorch-quantization reimplements it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from resnet_deploy.errors import ConfigError
+
+SessionFactory = Callable[[bytes], Any]  # ONNX model bytes -> an InferenceSession-like executor
 
 METHODS = ("max", "percentile", "entropy")
 # No one rule wins everywhere. Measured here (top-1 agreement with FP32 of the Q/DQ model):
@@ -46,10 +46,9 @@ def float_tensors(model) -> list[str]:
     return [n for n in dict.fromkeys(names) if types.get(n) == onnx.TensorProto.FLOAT]
 
 
-def _session(model, outputs: list[str]):
-    """An ONNX Runtime session over ``model`` that returns ``outputs``."""
+def _with_outputs(model, outputs: list[str]) -> bytes:
+    """``model`` serialised with ``outputs`` added as graph outputs, so one run returns them all."""
     import onnx
-    import onnxruntime as ort
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -57,9 +56,7 @@ def _session(model, outputs: list[str]):
     for name in outputs:
         if name not in existing:
             probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return probe.SerializeToString()
 
 
 def _batches(calibration: np.ndarray, batch_size: int) -> Iterable[np.ndarray]:
@@ -67,18 +64,21 @@ def _batches(calibration: np.ndarray, batch_size: int) -> Iterable[np.ndarray]:
         yield np.ascontiguousarray(calibration[start:start + batch_size], dtype=np.float32)
 
 
-def activation_amax(onnx_path: Path, calibration: np.ndarray, *, method: str = DEFAULT_METHOD,
-                    tensors: list[str] | None = None, percentile: float = 99.99,
+def activation_amax(onnx_path: Path, calibration: np.ndarray, *, session: SessionFactory,
+                    method: str = DEFAULT_METHOD, tensors: list[str] | None = None, percentile: float = 99.99,
                     batch_size: int = 8) -> dict[str, float]:
     """tensor name -> amax over ``calibration`` (float32 NCHW) for ``tensors`` (default: every float tensor)."""
-    return activation_amax_by_method(onnx_path, calibration, methods=(method,), tensors=tensors,
+    return activation_amax_by_method(onnx_path, calibration, session=session, methods=(method,), tensors=tensors,
                                      percentile=percentile, batch_size=batch_size)[method]
 
 
-def activation_amax_by_method(onnx_path: Path, calibration: np.ndarray, *, methods: Iterable[str] = METHODS,
-                              tensors: list[str] | None = None, percentile: float = 99.99,
-                              batch_size: int = 8) -> dict[str, dict[str, float]]:
-    """method -> (tensor name -> amax), every method from one pass of statistics over ``calibration``."""
+def activation_amax_by_method(onnx_path: Path, calibration: np.ndarray, *, session: SessionFactory,
+                              methods: Iterable[str] = METHODS, tensors: list[str] | None = None,
+                              percentile: float = 99.99, batch_size: int = 8) -> dict[str, dict[str, float]]:
+    """method -> (tensor name -> amax), every method from one pass of statistics over ``calibration``.
+
+    ``session(model_bytes)`` is the ONNX executor (an ``InferenceSession``-like object with
+    ``get_inputs()`` and ``run(outputs, feeds)``): the caller's runtime, not named here."""
     import onnx
 
     methods = tuple(methods)
@@ -91,12 +91,12 @@ def activation_amax_by_method(onnx_path: Path, calibration: np.ndarray, *, metho
         raise ConfigError("Calibration needs at least one image.")
     model = onnx.load(str(onnx_path))
     names = float_tensors(model) if tensors is None else list(dict.fromkeys(tensors))
-    session = _session(model, names)
-    input_name = session.get_inputs()[0].name
+    runner = session(_with_outputs(model, names))
+    input_name = runner.get_inputs()[0].name
 
     top = dict.fromkeys(names, 0.0)
     for batch in _batches(calibration, batch_size):
-        for name, value in zip(names, session.run(names, {input_name: batch})):
+        for name, value in zip(names, runner.run(names, {input_name: batch})):
             top[name] = max(top[name], float(np.abs(value).max(initial=0.0)))
     out: dict[str, dict[str, float]] = {}
     if "max" in methods:
@@ -106,7 +106,7 @@ def activation_amax_by_method(onnx_path: Path, calibration: np.ndarray, *, metho
     if wanted:
         hists = {n: np.zeros(HIST_BINS, dtype=np.int64) for n in names}
         for batch in _batches(calibration, batch_size):
-            for name, value in zip(names, session.run(names, {input_name: batch})):
+            for name, value in zip(names, runner.run(names, {input_name: batch})):
                 if top[name] > 0:
                     idx = np.minimum((np.abs(value) * (HIST_BINS / top[name])).astype(np.int64), HIST_BINS - 1)
                     hists[name] += np.bincount(idx.ravel(), minlength=HIST_BINS)

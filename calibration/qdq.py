@@ -1,17 +1,11 @@
 """Q/DQ ONNX for TensorRT explicit quantization, rewritten from the BN-folded FP32 ONNX.
 
-Placement follows NVIDIA's recommendations for TensorRT ("Q/DQ layer placement" in the developer
-guide; NVIDIA's pytorch-quantization ResNet does the same):
-
-- symmetric INT8 everywhere: int8 zero points of 0 (TensorRT supports nothing else);
-- weights of Conv: per output channel, axis 0, FP32 weights followed by a Quantize/Dequantize pair
-  (TensorRT folds the pair into INT8 weights when it builds; every TensorRT release since 8.0 reads it);
-- weights of Gemm/MatMul: per output feature. TensorRT needs the scale axis to be the weights'
-  output (non-reduced) dimension, so for Gemm with transB=1 (torch's Linear, weights N x K) that is
-  axis 0, and axis 1 for transB=0 or MatMul (weights K x N);
-- activations: per tensor, one Q/DQ pair on each input of a Conv/Gemm/MatMul, and on the identity
-  (shortcut) input of every residual Add, so TensorRT fuses the Add into the preceding convolution;
-- no Q/DQ on layer outputs (a convolution's own output, the logits): TensorRT chooses there.
+Placement follows TensorRT's developer guide ("Q/DQ layer placement") and pytorch-quantization's ResNet:
+- symmetric INT8 (zero point 0): TensorRT supports nothing else;
+- weights per output channel, as FP32 + a Q/DQ pair that TensorRT (8.0+) folds into INT8: the scale axis
+  must be the output dimension (Conv and Gemm transB=1: axis 0; Gemm transB=0 and MatMul: axis 1);
+- activations per tensor on each Conv/Gemm/MatMul input and each residual Add's shortcut, so TensorRT
+  fuses the Add into the convolution; none on layer outputs (conv outputs, logits): TensorRT chooses.
 """
 
 from __future__ import annotations
@@ -22,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_deploy.calibration.activation_ranges import METHODS, MIN_AMAX, activation_amax_by_method, float_tensors
+from resnet_deploy.calibration.activation_ranges import (METHODS, MIN_AMAX, SessionFactory, activation_amax_by_method,
+                                                     float_tensors)
 from resnet_deploy.errors import ConfigError, VerificationError
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
@@ -68,8 +63,8 @@ class QdqPlan:
     weight_uses: dict[str, list[tuple[int, int]]]
 
 
-def make_qdq_onnx(fp32_onnx: Path, out: Path, calibration: np.ndarray, *, method: str = AUTO,
-                  amax: dict[str, float] | None = None) -> QdqResult:
+def make_qdq_onnx(fp32_onnx: Path, out: Path, calibration: np.ndarray, *, session: SessionFactory,
+                  method: str = AUTO, amax: dict[str, float] | None = None) -> QdqResult:
     """Write the Q/DQ model of ``fp32_onnx`` to ``out``; activation ranges from ``calibration`` (float32 NCHW).
 
     ``method``: "auto" (every rule, the best agreement with FP32 on the calibration images wins), or one
@@ -89,7 +84,8 @@ def make_qdq_onnx(fp32_onnx: Path, out: Path, calibration: np.ndarray, *, method
         ranges = {"given": amax}
     else:
         rules = METHODS if method == AUTO else (method,)
-        ranges = activation_amax_by_method(fp32_onnx, calibration, methods=rules, tensors=float_tensors(model))
+        ranges = activation_amax_by_method(fp32_onnx, calibration, session=session, methods=rules,
+                                           tensors=float_tensors(model))
     for name, table in ranges.items():
         missing = [t for t in plan.activations if t not in table]
         if missing:
@@ -99,7 +95,7 @@ def make_qdq_onnx(fp32_onnx: Path, out: Path, calibration: np.ndarray, *, method
     best: tuple[float, int, str] | None = None
     for name, table in ranges.items():
         candidate = _write(model, plan, table, name, out.with_name(f"{out.stem}.{name}{out.suffix}"))
-        agreement = _top1_agreement(fp32_onnx, candidate, check) if len(check) else None
+        agreement = _top1_agreement(fp32_onnx, candidate, check, session=session) if len(check) else None
         scored[name] = agreement if agreement is not None else float("nan")
         rank = (agreement or 0.0, -_TIE_ORDER.index(name) if name in _TIE_ORDER else 0, name)
         if best is None or rank[:2] > best[:2]:
@@ -133,17 +129,13 @@ def _write(model, plan: QdqPlan, amax: dict[str, float], method: str, path: Path
     return path
 
 
-def _top1_agreement(fp32: Path, qdq: Path, batch: np.ndarray, *, chunk: int = 32) -> float:
+def _top1_agreement(fp32: Path, qdq: Path, batch: np.ndarray, *, session: SessionFactory, chunk: int = 32) -> float:
     """The share of images whose top-1 the Q/DQ model keeps: the conversion's own check, recorded."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
     outs = []
     for path in (fp32, qdq):
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        outs.append(np.concatenate([session.run(None, {name: np.ascontiguousarray(batch[i:i + chunk])})[0].argmax(1)
+        runner = session(path.read_bytes())
+        name = runner.get_inputs()[0].name
+        outs.append(np.concatenate([runner.run(None, {name: np.ascontiguousarray(batch[i:i + chunk])})[0].argmax(1)
                                     for i in range(0, len(batch), chunk)]))
     return round(float((outs[0] == outs[1]).mean()), 4)
 

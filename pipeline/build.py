@@ -36,8 +36,8 @@ from resnet_deploy.pipeline.latency import measure
 from resnet_deploy.pipeline.html_report import render_html
 from resnet_deploy.pipeline.report import SCHEMA, gate, render_markdown
 from resnet_deploy.pipeline.settings import EMBEDDED_MODEL, BuildSettings
-from resnet_deploy.targets import Artifact, CompileInput, expand, get_target
-from resnet_deploy.targets._cpu import cpu_name
+from resnet_deploy.targets import Artifact, CompileInput, expand, get_target, option_owners, runtimes
+from resnet_deploy.host import cpu_name
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class BuildRecord:
     settings: BuildSettings
     staging: Path
     out: Path
+    options: dict[str, Any] = field(default_factory=dict)  # each target's parsed options, by target name
     loaded: ckpt.LoadedModel | None = None
     prep: Preprocessing | None = None
     calib: ImageBatch | None = None
@@ -69,17 +70,20 @@ def build(settings: BuildSettings, *, ui: Ui) -> BuildRecord:
     """Run every stage into a staging folder and publish it as ``settings.out`` when all succeeded."""
     started = time.perf_counter()
     targets = [get_target(name) for name in expand(settings.targets)]
+    options = {}
     for target in targets:  # every cheap check before the expensive stages
         target.ensure_available()
-        target.check_options(settings.target_options)
-    unused = [k for k in settings.target_options if not any(k in t.option_keys for t in targets)]
-    if unused:
-        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
-        ui.warn(f"{flags} has no effect on --target {', '.join(t.name for t in targets)} (only jetson/tensorrt use it).")
+        options[target.name] = target.parse_options(settings.target_options)
+    owners = option_owners()
+    for key in settings.target_options:
+        takers = owners[key][1] if key in owners else []
+        if not any(t.name in takers for t in targets):
+            ui.warn(f"--{key.replace('_', '-')} has no effect on --target {', '.join(t.name for t in targets)} "
+                    f"(it is a flag of {', '.join(takers) or 'no installed target'}).")
     with contextlib.ExitStack() as held:
         if settings.out is not None:  # checked and locked before any checkpoint or image is read
             held.enter_context(_claim_out(settings.out, settings, ui))
-        rec = _timed(load_model_stage, "load")(BuildRecord(settings, Path(), Path()), ui)
+        rec = _timed(load_model_stage, "load")(BuildRecord(settings, Path(), Path(), options=options), ui)
         out = settings.out or Path("build") / f"{rec.loaded.arch}-{'-'.join(t.name for t in targets)}"
         if settings.out is None:  # the default folder is named after the model, so it is claimed once that is known
             held.enter_context(_claim_out(out, settings, ui))
@@ -261,7 +265,7 @@ def reference_stage(rec: BuildRecord, ui: Ui) -> BuildRecord:
 
 def compile_stage(rec: BuildRecord, ui: Ui, target) -> BuildRecord:
     ui.info(f"compile: {target.name} ({target.summary})")
-    inp = CompileInput(rec.onnx, rec.calib.inputs(rec.prep), rec.prep, dict(rec.settings.target_options))
+    inp = CompileInput(rec.onnx, rec.calib.inputs(rec.prep), rec.prep, rec.options.get(target.name))
     # Quantizers draw their own progress bars on stdout; keep stdout for results (--json).
     sink = open(os.devnull, "w") if ui.quiet else sys.stderr
     try:
@@ -274,7 +278,7 @@ def compile_stage(rec: BuildRecord, ui: Ui, target) -> BuildRecord:
 
 
 def _artifact_bytes(staging: Path, artifact: Artifact) -> int:
-    paths = [artifact.path, *artifact.extra.get("files", [])]
+    paths = [artifact.path, *artifact.files]
     return sum((staging / p).stat().st_size for p in paths)
 
 
@@ -297,10 +301,10 @@ def validate_stage(rec: BuildRecord, ui: Ui) -> BuildRecord:
                # top-1 on the images the bundle carries, so `bench` on the device compares like with like
                "sample_top1": round(float((preds[rec.sample] == rec.evals.labels[rec.sample]).mean()), 6),
                "samples_ms": [round(v, 4) for v in lat.samples_ms[:1000]]}  # for the HTML report's plots
-        if artifact.extra:
-            row["details"] = {k: v for k, v in artifact.extra.items() if k != "files"}
-            if "note" in artifact.extra:
-                row["note"] = artifact.extra["note"]
+        if artifact.details:
+            row["details"] = dict(artifact.details)
+        if artifact.note:
+            row["note"] = artifact.note
         ui.info(f"validate: {label:22s} top-1 {acc.top1:.4f} agreement {acc.agreement:.4f} "
                 f"p50 {lat.p50:.3f} ms ({runner.description})")
         rows.append(row)
@@ -308,10 +312,12 @@ def validate_stage(rec: BuildRecord, ui: Ui) -> BuildRecord:
 
 
 def _versions() -> dict[str, str]:
+    """Versions of the build's own libraries and of every runtime's packages the targets name."""
     import importlib.metadata as md
 
     out = {"python": platform.python_version(), "resnet-deploy": md.version("resnet-deploy")}
-    for pkg in ("torch", "onnx", "onnxruntime", "openvino", "nncf", "numpy", "tensorrt"):
+    packages = ["torch", "onnx", "numpy", *(p for rt in runtimes().values() for p in rt.packages)]
+    for pkg in dict.fromkeys(packages):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -339,7 +345,7 @@ def report_stage(rec: BuildRecord, wall: float) -> BuildRecord:
         "gate": g,
         "checks": rec.checks,
         "stages": list(rec.stages),
-        "commands": {k: v for a in rec.artifacts for k, v in a.extra.get("commands", {}).items()},
+        "commands": {k: v for a in rec.artifacts for k, v in a.commands.items()},
         "host": {"cpu": cpu_name(), "platform": platform.platform(), "python": sys.version.split()[0]},
         "wall_seconds": round(wall, 2),
         "artifacts": [a.to_dict() for a in rec.artifacts],

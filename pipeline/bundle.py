@@ -9,7 +9,6 @@ files the manifest lists, resolved inside the bundle.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from resnet_deploy.errors import BundleError, ConfigError
+from resnet_deploy.files import sha256_file
 
 MANIFEST = "manifest.json"
 REPORT_JSON = "report.json"
@@ -213,14 +213,6 @@ def check_out_contents(out: Path, *, force: bool) -> list[str]:
             "--force to drop them."
         )
     return extra
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -5,11 +5,11 @@ Needs numpy, Pillow and one runtime (TensorRT, OpenVINO or ONNX Runtime): never 
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -17,12 +17,11 @@ from resnet_deploy.calibration.images import MAX_PIXELS, UnreadableImage, open_i
 from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.errors import BundleError, ConfigError, DataError, DependencyError, ResnetDeployError
 from resnet_deploy.pipeline import bundle as bundle_io
+from resnet_deploy.pipeline import out_lock
 from resnet_deploy.pipeline.evaluate import predict, score
 from resnet_deploy.pipeline.latency import LatencySettings, measure
-from resnet_deploy.targets import Artifact, Runner, get_target
+from resnet_deploy.targets import Artifact, Runner, get_target, list_targets, runtimes
 
-# Preference when the user does not choose: a device engine, then INT8 on the fastest CPU runtime.
-_RUNTIME_ORDER = ("tensorrt", "openvino", "onnxruntime")
 _PRECISION_ORDER = ("int8", "fp16", "fp32")
 
 
@@ -61,54 +60,100 @@ def open_bundle(path: Path, *, check_hashes: bool = True, device_records: bool =
                           f"({err.__class__.__name__}: {err}). Rebuild or copy the bundle again.") from None
     for a in device + artifacts:
         if a.path.startswith("/") and any(a is d for d in device):
-            if not bundle_io.is_sha256(a.extra.get("sha256")):
+            if not bundle_io.is_sha256(a.sha256):
                 raise BundleError(f"{path}: {bundle_io.DEVICE_ARTIFACTS} records the engine {a.path} without its "
                                   "sha256. Run `resnet-deploy device-build` again.")
             continue
-        bundle_io.require_listed(path, manifest, [a.path, *a.extra.get("files", [])])
+        bundle_io.require_listed(path, manifest, [a.path, *a.files])
     return LoadedBundle(path, prep, device + artifacts, report)
 
 
-def _runtime_present(runtime: str) -> bool:
-    module = {"tensorrt": "tensorrt", "openvino": "openvino", "onnxruntime": "onnxruntime"}[runtime]
-    return importlib.util.find_spec(module) is not None
-
-
-def choose_artifact(b: LoadedBundle, *, runtime: str | None = None, precision: str | None = None,
-                    target: str | None = None) -> Artifact:
-    """The best artifact this machine can run, or the one the flags name."""
+def choose_artifact(b: LoadedBundle, *, runtime: str | None = None, precision: str | None = None) -> Artifact:
+    """The best artifact this machine can run (the most preferred runtime present, then INT8 before FP16
+    before FP32, then a real artifact before a simulation), or the one the flags name."""
     candidates = [a for a in b.artifacts
-                  if (runtime is None or a.runtime == runtime) and (precision is None or a.precision == precision)
-                  and (target is None or a.target == target)]
+                  if (runtime is None or a.runtime == runtime) and (precision is None or a.precision == precision)]
     if not candidates:
-        have = ", ".join(sorted({f"{a.target}/{a.runtime}/{a.precision}" for a in b.artifacts}))
-        raise ConfigError(f"{b.path} has no artifact matching --runtime/--precision/--target; it has: {have}.")
-    runnable = [a for a in candidates if _runtime_present(a.runtime)]
+        have = ", ".join(sorted({f"{a.runtime}/{a.precision}" for a in b.artifacts}))
+        raise ConfigError(f"{b.path} has no artifact matching --runtime/--precision; it has (runtime/precision): "
+                          f"{have}.")
+    known = runtimes()
+    runnable = [a for a in candidates if a.runtime in known and known[a.runtime].present()]
     if not runnable:
         needed = sorted({a.runtime for a in candidates})
-        raise DependencyError(
-            f"None of the runtimes this bundle's models need is installed ({', '.join(needed)}). Install one, e.g. "
-            "`pip install resnet-deploy[device]` (ONNX Runtime) or `pip install openvino`."
-        )
+        hints = "; ".join(f"{n}: {known[n].install}" if n in known else
+                          f"{n}: no installed resnet-deploy target loads it (install the target's plug-in)"
+                          for n in needed)
+        raise DependencyError(f"None of the runtimes this bundle's models need is installed here ({hints}).")
 
     def rank(a: Artifact) -> tuple[int, int, int]:
-        return (_RUNTIME_ORDER.index(a.runtime), _PRECISION_ORDER.index(a.precision), int(a.simulated))
+        return (-known[a.runtime].preference, _PRECISION_ORDER.index(a.precision) if a.precision in
+                _PRECISION_ORDER else len(_PRECISION_ORDER), int(a.simulated))
 
     return min(runnable, key=rank)
 
 
 def load_runner(b: LoadedBundle, artifact: Artifact, *, threads: int | None = None, hint: str | None = None) -> Runner:
     if Path(artifact.path).is_absolute():  # an engine in a --cache-dir outside the bundle: its own recorded hash
-        bundle_io.verify_external(Path(artifact.path), sha256=artifact.extra.get("sha256", ""),
-                                  size=artifact.extra.get("bytes"))
+        bundle_io.verify_external(Path(artifact.path), sha256=artifact.sha256 or "")
     try:
-        return get_target(artifact.target).load(artifact, b.path, threads=threads, hint=hint)
+        target = get_target(artifact.target)
+    except ConfigError:
+        raise DependencyError(f"{b.path}: {artifact.path} was made by the target {artifact.target!r}, which is not "
+                              "installed here; install its plug-in package.") from None
+    try:
+        return target.load(artifact, b.path, threads=threads, hint=hint)
     except ResnetDeployError:
         raise
     except Exception as err:  # the runtimes raise their own types for unreadable models
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
         raise BundleError(f"{b.path / artifact.path} cannot be loaded by {artifact.runtime} "
-                          f"({err.__class__.__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}). "
+                          f"({err.__class__.__name__}: {first}). "
                           "The file may be damaged or from a newer runtime: rebuild or copy the bundle again.") from None
+
+
+def device_build(bundle: Path, options: Mapping[str, Any], *, force: bool = False,
+                 cache_dir: Path | None = None) -> list[str]:
+    """On the device: run the on-device build step of each of the bundle's targets that has one here (a
+    TensorRT engine), and record what they made, so ``infer``/``bench`` use it.
+
+    The artifacts go into ``device_artifacts.json``; it and the files inside the bundle are added to the
+    manifest (``"written_by": "device-build"``) by an atomic rewrite, so the device side trusts them like
+    the build's own files. A file outside the bundle (an engine cache elsewhere) is recorded with its
+    sha256, checked before loading. The bundle's lock is held throughout. Returns one line per step.
+    """
+    with out_lock.hold(bundle, flag="BUNDLE", what="device-build"):
+        b = open_bundle(bundle, device_records=False)
+        names = [n for n in dict.fromkeys(a.target for a in b.artifacts) if n in list_targets()]
+        steps = [t for t in (get_target(n) for n in names) if t.has_device_build(bundle)]
+        if not steps:
+            raise ConfigError(f"{bundle} has nothing to build on a device: its targets ({', '.join(names)}) have no "
+                              "on-device build step here.")
+        record = bundle / bundle_io.DEVICE_ARTIFACTS
+        rebuilt = {t.name for t in steps}
+        kept = [a for a in _device_records(record) if a.target not in rebuilt]
+        made: list[Artifact] = []
+        files: dict[str, Path] = {}
+        messages = []
+        for t in steps:
+            result = t.device_build(bundle, t.parse_device_options(options), force=force, cache_dir=cache_dir)
+            made += result.artifacts
+            files.update(result.files)
+            messages.append(result.message)
+        tmp = record.with_name(f"{record.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps([a.to_dict() for a in (*made, *kept)], indent=2) + "\n")
+        os.replace(tmp, record)
+        keep = [p for a in kept if not Path(a.path).is_absolute() for p in (a.path, *a.files)]
+        bundle_io.record_device_files(bundle, {bundle_io.DEVICE_ARTIFACTS: record, **files}, keep=keep)
+    return messages
+
+
+def _device_records(record: Path) -> list[Artifact]:
+    """The artifacts an earlier device-build recorded (none when the record is missing or damaged)."""
+    try:
+        return [Artifact.from_dict(a) for a in json.loads(record.read_text())]
+    except (OSError, ValueError, TypeError, KeyError):
+        return []
 
 
 def read_image(path: Path, prep: Preprocessing) -> np.ndarray:

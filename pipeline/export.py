@@ -68,11 +68,9 @@ def export_onnx(model: nn.Module, path: Path, *, sample: np.ndarray, metadata: d
 
 
 def run_onnx(path: Path, batch: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
+    from resnet_deploy.targets import onnx_session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = onnx_session(path)
     return sess.run(None, {sess.get_inputs()[0].name: batch})[0]
 
 

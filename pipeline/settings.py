@@ -44,7 +44,9 @@ class BuildSettings:
 
     def __post_init__(self) -> None:
         if not self.targets:
-            raise ConfigError("Give at least one --target (openvino, onnxruntime, tensorrt, jetson or all).")
+            from resnet_deploy.targets import list_targets
+
+            raise ConfigError(f"Give at least one --target ({', '.join(list_targets())} or all).")
         check_int(self.calib_samples, "--calib-samples", lo=1, hi=MAX_IMAGES)
         check_int(self.eval_samples, "--eval-samples", lo=1, hi=MAX_IMAGES, optional=True)
         check_float(self.max_drop, "--max-drop (points of top-1)", lo=0.0, hi=100.0)

@@ -84,9 +84,7 @@ def main(ctx: click.Context, quiet: bool) -> None:
     """Take a ResNet classifier from PyTorch to a validated INT8 deployment bundle."""
     ctx.obj = Ui(quiet=quiet)
     if quiet:
-        import logging
-
-        logging.getLogger("nncf").setLevel(logging.ERROR)
+        _quiet_libraries(ctx.obj)
 
 
 def _floats(flag: str):
@@ -169,9 +167,29 @@ def archs() -> None:
         click.echo(describe_arch(name))
 
 
+def _target_flags(kind: str):
+    """Click options generated from every registered target's typed options ("options": ``build``'s flags,
+    "device_options": ``device-build``'s), so a new target's flags appear without an edit here."""
+    from resnet_deploy.targets import option_owners
+
+    def decorate(f):
+        for name, (spec, owners) in reversed(list(option_owners(kind).items())):
+            f = click.option("--" + name.replace("_", "-"), name, type=spec.metadata.get("type", str), default=None,
+                             help=f"{spec.metadata.get('help', '')} [--target {', '.join(owners)}]")(f)
+        return f
+
+    return decorate
+
+
+def _target_help() -> str:
+    from resnet_deploy.targets import get_target, list_targets
+
+    names = [f"{n} (alias {', '.join(get_target(n).aliases)})" if get_target(n).aliases else n for n in list_targets()]
+    return f"{', '.join(names)}, or all. Repeat for several."
+
+
 @main.command()
-@click.option("--target", "targets", multiple=True, default=("openvino",), show_default=True,
-              help="openvino (alias cpu), onnxruntime, tensorrt, jetson, or all. Repeat for several.")
+@click.option("--target", "targets", multiple=True, default=("openvino",), show_default=True, help=_target_help())
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help=".pt/.pth/.th/.tar or .safetensors (default: the embedded Fashion-MNIST resnet20).")
 @click.option("--arch", default=None, help="Architecture; without --checkpoint builds a random model (latency only).")
@@ -185,10 +203,7 @@ def archs() -> None:
 @click.option("--eval-samples", type=int, default=None, help="Evaluation images (default: all).")
 @click.option("--max-drop", type=float, default=1.0, show_default=True,
               help="Most top-1 points an INT8 row may lose against PyTorch FP32 before the build fails.")
-@click.option("--device", "device", default=None, help="Jetson profile for --target jetson (see `resnet-deploy devices`).")
-@click.option("--dla-core", type=int, default=None, help="Jetson DLA core for the engine (GPU fallback on).")
-@click.option("--max-batch", type=int, default=None, help="Largest batch of the TensorRT optimisation profile.")
-@click.option("--workspace-mb", type=int, default=None, help="TensorRT builder workspace limit in MiB.")
+@_target_flags("options")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for choosing calibration/evaluation images.")
 @click.option("--threads", type=int, default=None, help="Runtime threads for validation and latency.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Bundle folder (default: build/<arch>-<target>).")
@@ -198,16 +213,14 @@ def archs() -> None:
 @quiet_option
 @pass_ui
 def build(ui: Ui, targets, checkpoint, arch, num_classes, input_size, mean, std, calib_data, calib_samples,
-          eval_data, eval_samples, max_drop, device, dla_core, max_batch, workspace_mb, seed, threads, out,
-          force, as_json) -> None:
+          eval_data, eval_samples, max_drop, seed, threads, out, force, as_json, **target_flags) -> None:
     """Load or train, fold BN, export ONNX, quantize to INT8, compile per target, validate, write a bundle."""
     from resnet_deploy.pipeline.build import build as run_build
     from resnet_deploy.pipeline.settings import BuildSettings
 
     if as_json:
         ui = Ui(quiet=True)
-    options = {k: v for k, v in (("device", device), ("dla_core", dla_core), ("max_batch", max_batch),
-                                 ("workspace_mb", workspace_mb)) if v is not None}
+    options = {k: v for k, v in target_flags.items() if v is not None}
     settings = BuildSettings(
         targets=tuple(targets), out=out, checkpoint=checkpoint, arch=arch, num_classes=num_classes,
         input_size=input_size, mean=mean, std=std, calib_data=calib_data, calib_samples=calib_samples,
@@ -228,10 +241,12 @@ def build(ui: Ui, targets, checkpoint, arch, num_classes, input_size, mean, std,
 
 
 def _quiet_libraries(ui: Ui) -> None:
-    """NNCF and ONNX Runtime log at INFO and draw their own bars; keep them for errors only when quiet."""
+    """The runtimes' libraries log at INFO and draw their own bars; keep them for errors only when quiet."""
     import logging
 
-    for name in ("nncf", "onnxruntime", "openvino"):
+    from resnet_deploy.targets import runtimes
+
+    for name in dict.fromkeys(n for rt in runtimes().values() for n in rt.loggers):
         logging.getLogger(name).setLevel(logging.ERROR if ui.quiet else logging.WARNING)
 
 
@@ -261,8 +276,15 @@ def _batches(ctx, param, value):
     return out
 
 
-_runtime_opt = click.option("--runtime", type=click.Choice(["tensorrt", "openvino", "onnxruntime"]), default=None,
-                            help="Runtime to use (default: the best present: TensorRT, OpenVINO, ONNX Runtime).")
+def _runtime_names() -> list[str]:
+    from resnet_deploy.targets import runtimes
+
+    return sorted(runtimes(), key=lambda n: -runtimes()[n].preference)
+
+
+_runtime_opt = click.option("--runtime", type=click.Choice(_runtime_names()), default=None,
+                            help="Runtime to use (default: the most preferred one present: "
+                                 f"{', '.join(_runtime_names())}).")
 _precision_opt = click.option("--precision", type=click.Choice(["int8", "fp16", "fp32"]), default=None,
                               help="Model precision to use (default: INT8 where the bundle has it).")
 
@@ -323,7 +345,7 @@ def bench(ui: Ui, bundle, runtime, precision, batches, threads, hint, warmup, it
     from resnet_deploy.pipeline import device
     from resnet_deploy.pipeline.bundle import write_json
     from resnet_deploy.pipeline.latency import LatencySettings
-    from resnet_deploy.targets._cpu import cpu_name
+    from resnet_deploy.host import cpu_name
 
     b = device.open_bundle(bundle)
     artifact = device.choose_artifact(b, runtime=runtime, precision=precision)
@@ -358,40 +380,43 @@ def bench(ui: Ui, bundle, runtime, precision, batches, threads, hint, warmup, it
 
 @main.command()
 def targets() -> None:
-    """List the deployment targets and whether their runtimes are installed."""
-    from resnet_deploy.targets import get_target, list_targets
+    """List the deployment targets: can they build here, and are their runtimes present."""
+    from resnet_deploy.targets import broken, get_target, list_targets
 
     for name in list_targets():
         t = get_target(name)
         missing = t.missing()
-        state = "ready" if not missing else f"needs: pip install {' '.join(missing)}"
-        click.echo(f"{name:12s} {t.summary}  [{state}]")
+        build_state = "builds here" if not missing else f"to build: pip install {' '.join(missing)}"
+        present = [rt.name for rt in t.runtimes if rt.present()]
+        run_state = f"runtime present: {', '.join(present)}" if present else "no runtime present"
+        click.echo(f"{name:12s} {t.summary}  [{build_state}; {run_state}]")
+    for name, why in broken.items():
+        click.echo(f"{name:12s} BROKEN plug-in, not loaded: {why}")
 
 
 @main.command("device-build")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--dla-core", type=int, default=None, help="DLA core (default: the bundle's choice); GPU fallback on.")
-@click.option("--force", is_flag=True, help="Rebuild even when a valid cached engine exists.")
+@_target_flags("device_options")
+@click.option("--force", is_flag=True, help="Rebuild even when a valid cached result exists.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
-              help="Engine cache folder (default: inside the bundle).")
+              help="Cache folder for what is built (default: inside the bundle).")
 @quiet_option
 @pass_ui
-def device_build(ui: Ui, bundle, dla_core, force, cache_dir) -> None:
-    """On the Jetson/GPU: build (or reuse) the TensorRT engine of a tensorrt/jetson bundle."""
-    from resnet_deploy.pipeline.device import open_bundle
-    from resnet_deploy.targets._trt_engine import device_build as run
+def device_build(ui: Ui, bundle, force, cache_dir, **device_flags) -> None:
+    """On the device: run the on-device build step of the bundle's targets (a TensorRT engine)."""
+    from resnet_deploy.pipeline.device import device_build as run
 
-    open_bundle(bundle, device_records=False)  # a complete bundle, or a clear error; its own records it rewrites
-    engine = run(bundle, dla_core=dla_core, force=force, cache_dir=cache_dir)
-    click.echo(f"engine: {engine}  (run `resnet-deploy bench {bundle}` to measure it)")
+    for line in run(bundle, {k: v for k, v in device_flags.items() if v is not None}, force=force,
+                    cache_dir=cache_dir):
+        click.echo(line)
+    click.echo(f"run `resnet-deploy bench {bundle}` to measure it")
 
 
 @main.command()
 def devices() -> None:
-    """List the Jetson device profiles for --device."""
-    from resnet_deploy.targets.device_profiles import PROFILES
+    """List the device profiles of the targets that have them (--device)."""
+    from resnet_deploy.targets import get_target, list_targets
 
-    for p in PROFILES.values():
-        precision = "int8" if p.fast_int8 else "fp16 (no fast INT8)"
-        click.echo(f"{p.name:12s} {p.gpu:28s} sm_{p.compute_capability[0]}{p.compute_capability[1]}  "
-                   f"DLA x{p.dla_cores}  JetPack {p.jetpack} / TensorRT {p.tensorrt}  {precision}")
+    for name in list_targets():
+        for profile, description in get_target(name).profiles():
+            click.echo(f"{profile:12s} {description}  [--target {name}]")

@@ -34,8 +34,8 @@ def check(args: argparse.Namespace) -> tuple[dict, bool]:
     from resnet_deploy.errors import DependencyError
     from resnet_deploy.pipeline import device
     from resnet_deploy.pipeline.latency import LatencySettings
-    from resnet_deploy.targets import _trt_engine
-    from resnet_deploy.targets._trt_config import TrtBuildConfig
+    from resnet_deploy.targets.tensorrt import engine as _trt_engine
+    from resnet_deploy.targets.tensorrt.config import TrtBuildConfig
 
     _trt_engine.import_tensorrt()  # a clear DependencyError before anything else
     gpu = _trt_engine.gpu_info()
@@ -44,9 +44,10 @@ def check(args: argparse.Namespace) -> tuple[dict, bool]:
                               "Jetson or GPU machine, with `pip install cuda-python` if needed.")
     folder = _trt_engine.find_target_folder(args.bundle)
     cfg = TrtBuildConfig.read(folder)
-    engine = _trt_engine.device_build(args.bundle, dla_core=args.dla_core, force=args.force)
+    built = device.device_build(args.bundle, {"dla_core": args.dla_core}, force=args.force)
     b = device.open_bundle(args.bundle)
-    artifact = device.choose_artifact(b, runtime="tensorrt", target=cfg.target)
+    artifact = next(a for a in b.artifacts if a.runtime == "tensorrt" and a.target == cfg.target)
+    engine = artifact.path if Path(artifact.path).is_absolute() else args.bundle / artifact.path
     runner = device.load_runner(b, artifact)
     batches = tuple(int(v) for v in args.batch.split(",")) if args.batch else tuple(sorted({1, cfg.max_batch}))
     latency = LatencySettings(warmup=5, min_iterations=20, max_iterations=2000, min_seconds=args.seconds)
@@ -59,7 +60,7 @@ def check(args: argparse.Namespace) -> tuple[dict, bool]:
     drop = None if reference is None else round((reference - top1) * 100, 3)
     passed = drop is None or drop <= args.max_drop
     result.update({"gpu": {"name": gpu.name, "compute_capability": list(gpu.compute_capability)},
-                   "engine": str(engine), "engine_key": artifact.extra.get("engine_key"),
+                   "engine": str(engine), "engine_key": artifact.details.get("engine_key"), "device_build": built,
                    "check": {"simulated_int8_top1": reference, "engine_top1": top1, "drop_points": drop,
                              "max_drop": args.max_drop, "passed": passed}})
     return result, passed

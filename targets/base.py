@@ -1,22 +1,31 @@
-"""The one interface every deployment target implements.
+"""The plug-in interface every deployment target implements (``PLUGIN_API`` 1).
 
-A target says whether it can run here, turns the BN-folded FP32 ONNX plus calibration images into
-its artifacts (an FP32 and an INT8 model, or what its device needs), loads an artifact as a runner,
-and describes itself. The build chain, the validator and the latency harness only see this.
+A target says what it needs to build here and which runtimes load its artifacts on a device, turns
+the BN-folded FP32 ONNX plus calibration images into artifacts, loads an artifact as a runner, and
+may offer hooks: its own flags (a typed options class), an on-device build step, device profiles,
+layers kept in float, serving configs. The pipeline, the CLI and the device side only see this, so
+a new target is one module (or an installed package, entry point group ``resnet_deploy.targets``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from resnet_deploy.calibration.preprocess import Preprocessing
-from resnet_deploy.errors import DependencyError
+from resnet_deploy.errors import ConfigError, DependencyError
+
+
+# The hooks a target may implement, by API version. A plug-in declares the version it was written
+# for; newer hooks have defaults, so a version-1 plug-in keeps working when version 2 adds some.
+PLUGIN_API = 1
 
 
 class Runner(Protocol):
@@ -28,55 +37,140 @@ class Runner(Protocol):
 
 
 @dataclass(frozen=True)
+class Runtime:
+    """A runtime that loads artifacts on a device, as recorded in ``Artifact.runtime``.
+
+    ``preference`` orders runtimes when ``infer``/``bench`` choose on their own (higher wins: a
+    device engine over a CPU runtime); ``packages`` are the distributions reports record versions of;
+    ``loggers`` are the library loggers ``--quiet`` silences.
+    """
+
+    name: str
+    module: str  # the import name whose presence means the runtime is installed
+    install: str  # how to install it, for messages: "pip install onnxruntime"
+    preference: int = 0
+    packages: tuple[str, ...] = ()
+    loggers: tuple[str, ...] = ()
+
+    def present(self) -> bool:
+        try:
+            return importlib.util.find_spec(self.module) is not None
+        except ValueError:  # imported already without a spec (a stand-in module in tests)
+            return self.module in sys.modules
+
+
+@dataclass(frozen=True)
 class CompileInput:
     """What every target compiles from: the same folded ONNX and the same calibration images."""
 
     fp32_onnx: Path
     calibration: np.ndarray  # float32 NCHW, normalised with ``preprocessing``
     preprocessing: Preprocessing
-    options: dict[str, Any] = field(default_factory=dict)  # target-specific, validated by the target
+    options: Any = None  # the target's own parsed options (``Target.parse_options``)
+    float_layers: tuple[str, ...] = ()  # ONNX node names to keep in float (``Target.float_layers``)
 
 
 @dataclass(frozen=True)
 class Artifact:
-    """One model file a target produced, relative to the bundle root."""
+    """One model file a target produced, relative to the bundle root (or absolute for an engine kept in
+    a cache outside the bundle, with its ``sha256``).
+
+    ``files``: the other files the model needs (weights of an IR, a calibration cache); ``note``: what a
+    person must know about the row; ``commands``: shell commands for the device, by name; ``details``:
+    the target's settings (quantization method, device profile ...), shown in reports as they are.
+    """
 
     target: str
     precision: str  # "fp32" | "fp16" | "int8"
     path: str
-    runtime: str  # the runtime that loads it: "openvino" | "onnxruntime" | "tensorrt"
-    simulated: bool = False  # measured here on CPU in place of the device (the Q/DQ graph under ONNX Runtime)
-    extra: dict[str, Any] = field(default_factory=dict)
+    runtime: str  # ``Runtime.name`` of the runtime that loads it
+    simulated: bool = False  # measured here on CPU in place of the device
+    files: tuple[str, ...] = ()
+    note: str = ""
+    commands: Mapping[str, str] = field(default_factory=dict)
+    details: Mapping[str, Any] = field(default_factory=dict)
+    sha256: str | None = None  # for a file outside the bundle only
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"target": self.target, "precision": self.precision, "path": self.path, "runtime": self.runtime,
-             "simulated": self.simulated}
-        if self.extra:
-            d["extra"] = self.extra
+        d: dict[str, Any] = {"target": self.target, "precision": self.precision, "path": self.path,
+                             "runtime": self.runtime, "simulated": self.simulated}
+        for key in ("files", "note", "commands", "details", "sha256"):
+            value = getattr(self, key)
+            if value:
+                d[key] = list(value) if key == "files" else dict(value) if isinstance(value, Mapping) else value
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Artifact":
+    def from_dict(cls, d: Mapping[str, Any]) -> "Artifact":
+        if not isinstance(d, Mapping):
+            raise TypeError(f"an artifact record must be an object, got {type(d).__name__}")
+        extra = d.get("extra") or {}  # bundles written before the typed fields kept them here
+        files = d.get("files", extra.get("files", ()))
+        details = dict(d.get("details", {k: v for k, v in extra.items()
+                                          if k not in ("files", "note", "commands", "sha256")}))
+        for key, value in (("target", d.get("target")), ("precision", d.get("precision")), ("path", d.get("path")),
+                           ("runtime", d.get("runtime"))):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"artifact field {key!r} must be a non-empty string, got {value!r}")
+        if not isinstance(files, (list, tuple)) or not all(isinstance(f, str) for f in files):
+            raise ValueError("artifact field 'files' must be a list of paths")
         return cls(d["target"], d["precision"], d["path"], d["runtime"], bool(d.get("simulated", False)),
-                   dict(d.get("extra", {})))
+                   tuple(files), str(d.get("note", extra.get("note", ""))),
+                   dict(d.get("commands", extra.get("commands", {}))), details,
+                   d.get("sha256", extra.get("sha256")))
+
+
+@dataclass(frozen=True)
+class DeviceBuild:
+    """What a target's on-device build step made: artifacts to add to the bundle's record, and the
+    files (bundle-relative name -> path) the manifest must list so the device side trusts them."""
+
+    artifacts: tuple[Artifact, ...]
+    files: Mapping[str, Path]
+    message: str
+
+
+def option_fields(options_type: type | None) -> tuple[dataclasses.Field, ...]:
+    """The flags a typed options class declares: its dataclass fields with ``metadata["help"]``."""
+    if options_type is None:
+        return ()
+    if not dataclasses.is_dataclass(options_type):
+        raise TypeError(f"{options_type!r} must be a dataclass to declare flags")
+    return tuple(dataclasses.fields(options_type))
 
 
 class Target(ABC):
-    """A deployment target. Subclasses set ``name``, ``summary`` and ``requires`` (import name -> pip name)."""
+    """A deployment target. Subclasses set ``name``, ``summary``, ``runtimes`` and implement ``compile``
+    and ``load``; every other hook has a default meaning "not offered"."""
 
-    name: str = ""
-    aliases: tuple[str, ...] = ()
-    summary: str = ""
-    requires: dict[str, str] = {}
+    api_version: ClassVar[int] = PLUGIN_API
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    runtimes: ClassVar[tuple[Runtime, ...]] = ()
+    # import name -> pip name of what ``compile`` needs on the build machine (beyond the [build] extra)
+    build_requires: ClassVar[Mapping[str, str]] = {}
+    # A frozen dataclass whose fields are this target's ``build`` flags (``metadata``: help, type); its
+    # instance, validated by ``parse_options``, reaches ``compile`` as ``CompileInput.options``.
+    options: ClassVar[type | None] = None
+    # The same for ``device-build`` (``device_build``'s ``options``).
+    device_options: ClassVar[type | None] = None
+    # Whether ``compile`` honours ``CompileInput.float_layers`` (layers kept in float).
+    float_layers: ClassVar[bool] = False
+
+    # --- what it needs -----------------------------------------------------------------------------
 
     def missing(self) -> list[str]:
-        """pip names of the packages this target needs that are not installed."""
-        return [pip for module, pip in self.requires.items() if importlib.util.find_spec(module) is None]
-
-    option_keys: tuple[str, ...] = ()  # the keys of CompileInput.options this target reads
-
-    def check_options(self, options: dict[str, Any]) -> None:
-        """Raise ConfigError for option values this target cannot use; called before any stage runs."""
+        """pip names of the packages ``compile`` needs that are not installed here."""
+        out = []
+        for module, pip in self.build_requires.items():
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except ValueError:
+                found = module in sys.modules
+            if not found:
+                out.append(pip)
+        return out
 
     def ensure_available(self) -> None:
         missing = self.missing()
@@ -86,16 +180,47 @@ class Target(ABC):
                 f"Install it with `pip install {' '.join(missing)}` and run again."
             )
 
+    def parse_options(self, raw: Mapping[str, Any]) -> Any:
+        """This target's options from the raw flag values (None = not given); ConfigError for values it
+        cannot use. Called before any stage runs. Keys of other targets are ignored."""
+        if self.options is None:
+            return None
+        names = {f.name for f in option_fields(self.options)}
+        return self.options(**{k: v for k, v in raw.items() if k in names and v is not None})
+
+    # --- the two required steps ----------------------------------------------------------------------
+
     @abstractmethod
-    def compile(self, inp: CompileInput, bundle: Path) -> list[Artifact]:
+    def compile(self, inp: CompileInput, bundle: Path) -> Sequence[Artifact]:
         """Write this target's artifacts under ``bundle/<name>/``; return them, FP32 first."""
 
     @abstractmethod
     def load(self, artifact: Artifact, bundle: Path, *, threads: int | None = None,
              hint: str | None = None) -> Runner:
-        """A runner for one of this target's artifacts. ``hint`` ("latency"/"throughput") is a
-        performance hint for runtimes that take one (OpenVINO's streams); others ignore it."""
+        """A runner for one of this target's artifacts. ``hint`` is "latency" (batch 1, one request at a
+        time) or "throughput" (the runtime's own multi-stream settings); runtimes without one ignore it."""
 
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "aliases": list(self.aliases), "summary": self.summary,
-                "missing": self.missing()}
+    # --- optional hooks (API 1) ------------------------------------------------------------------------
+
+    def has_device_build(self, bundle: Path) -> bool:
+        """Whether ``bundle`` holds something ``device_build`` can build on this device."""
+        return False
+
+    def device_build(self, bundle: Path, options: Any, *, force: bool = False,
+                     cache_dir: Path | None = None) -> DeviceBuild:
+        """On the device: build (or reuse) what only the device can build (a TensorRT engine)."""
+        raise ConfigError(f"--target {self.name} has no on-device build step.")
+
+    def parse_device_options(self, raw: Mapping[str, Any]) -> Any:
+        if self.device_options is None:
+            return None
+        names = {f.name for f in option_fields(self.device_options)}
+        return self.device_options(**{k: v for k, v in raw.items() if k in names and v is not None})
+
+    def profiles(self) -> Sequence[tuple[str, str]]:
+        """Device profiles, as (name, one-line description), for ``resnet-deploy devices``."""
+        return ()
+
+    def serving_configs(self, bundle: Path, artifacts: Sequence[Artifact]) -> Sequence[Path]:
+        """Serving-system files written for this target's artifacts (e.g. DeepStream, Triton)."""
+        return ()

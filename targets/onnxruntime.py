@@ -1,29 +1,12 @@
 """ONNX Runtime on CPU: the FP32 ONNX as is, and INT8 by ONNX Runtime's static quantization.
 
-INT8 format: QDQ with uint8 activations and int8 per-channel weights (U8S8), MinMax calibration. On
-CPUs with VNNI this runs on the VNNI int8 kernels at full range; on AVX2 without VNNI, u8 x s8
-products can saturate the 16-bit intermediate, so weights use 7 bits (``reduce_range``), as ONNX
-Runtime's docs advise.
-
-Chosen by measurement (benchmarks/int8_variants.py, ResNet-50 224x224 batch 1 on a 2-core AMD EPYC
-with AVX512-VNNI, shared with a training job; one interleaved run, p50 medians):
-QDQ U8S8 per-channel 18.3 ms; S8S8 47.6 ms (no fast s8 x s8 path on x86); QOperator 22.4 ms;
-per-tensor 22.5 ms (not faster than per-channel here, and less accurate); reduce_range 22.8 ms (no
-gain on VNNI, one bit of weight precision lost). Calibration: MinMax, Percentile and Entropy all kept
-a trained ResNet-20 (Fashion-MNIST) within 0.2 points of FP32 (agreement 99.5% each), so the cheapest.
-
-Sessions turn intra-op spinning off: idle worker threads otherwise spin-wait for work and fight
-whatever else runs on the CPU for the cores. On the shared host FP32 p50 went 99 -> 51 ms and INT8
-25 -> 16 ms (the same as one thread); in benchmarks/bench_cpu.py the FP32 session is 0.68x a default
-``InferenceSession`` (39.8 vs 62.3 ms). On an idle machine the cost is one wake-up per parallel
-region, which ONNX Runtime's docs call a slight latency increase. Measured later on the same host when
-it was quiet (`make bench`, 5 interleaved rounds): the no-spin session was 1.03-1.04x a default one at
-batch 1 (ResNet-50 18.7 vs 17.8 ms) and 1.01x at batch 16. A few per cent when idle against 2x when
-shared: builds and edge devices share their CPU, so spinning stays off.
-
-Result (quiet host, `make bench`): ResNet-50 batch 1 INT8 p50 6.8 ms, 0.38x a default FP32 session
-(17.8 ms); a trained ResNet-20 (Fashion-MNIST, 10,000 test images) lost 0.05 points of top-1
-(93.56% vs 93.61%, agreement 99.66%).
+Settings chosen by measurement (figures: benchmarks/results/README.md, "targets/onnxruntime.py"):
+- QDQ U8S8 (uint8 activations, int8 per-channel weights): fastest on x86, where s8 x s8 has no fast path.
+- ``reduce_range`` (7-bit weights) only without VNNI, where u8 x s8 products can saturate the 16-bit
+  intermediate (ONNX Runtime's docs); with VNNI it loses a bit of precision and gains nothing.
+- MinMax calibration: Percentile and Entropy were no more accurate, and MinMax is the cheapest.
+- Intra-op spinning off: spinning idle threads fight other processes for the cores, much slower on a
+  shared CPU and barely faster on an idle one; builds and edge devices share their CPU.
 """
 
 from __future__ import annotations
@@ -34,23 +17,39 @@ from typing import Any
 
 import numpy as np
 
-from resnet_deploy.targets._cpu import has_vnni
-from resnet_deploy.targets.base import Artifact, CompileInput, Runner, Target
+from resnet_deploy.errors import DependencyError
+from resnet_deploy.host import has_vnni
+from resnet_deploy.targets.base import Artifact, CompileInput, Runner, Runtime, Target
+
+
+RUNTIME = Runtime("onnxruntime", "onnxruntime", "pip install onnxruntime  (or resnet-deploy[device])",
+                  preference=100, packages=("onnxruntime",), loggers=("onnxruntime",))
+
+
+def ort_session(model: Path | bytes, *, threads: int | None = None):
+    """An ONNX Runtime CPU session with this project's settings: the one factory behind every ORT-backed
+    row, the export check, calibration and the simulated TensorRT rows, so they are timed alike."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see the module docstring
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
+                                providers=["CPUExecutionProvider"])
 
 
 class OrtRunner:
-    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+    """``run(batch) -> logits`` on an ONNX model; ``label`` says what the row stands for (a simulation)."""
+
+    def __init__(self, path: Path, *, threads: int | None = None, label: str = "") -> None:
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see the module docstring
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = ort_session(path, threads=threads)
         self.input_name = self.session.get_inputs()[0].name
-        self.description = f"onnxruntime {ort.__version__} CPUExecutionProvider"
+        self.description = f"onnxruntime {ort.__version__} CPUExecutionProvider" + (f" ({label})" if label else "")
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: batch})[0]
@@ -97,7 +96,8 @@ class OnnxRuntimeTarget(Target):
     name = "onnxruntime"
     aliases = ("ort",)
     summary = "ONNX Runtime CPU: FP32 ONNX and static INT8 (QDQ, U8S8, per-channel weights)"
-    requires = {"onnxruntime": "onnxruntime"}
+    runtimes = (RUNTIME,)
+    build_requires = {"onnxruntime": "onnxruntime"}
 
     def compile(self, inp: CompileInput, bundle: Path) -> list[Artifact]:
         self.ensure_available()
@@ -108,11 +108,13 @@ class OnnxRuntimeTarget(Target):
         int8 = folder / "model_int8.onnx"
         settings = quantize_static_qdq(fp32, int8, inp.calibration)
         return [
-            Artifact(self.name, "fp32", str(fp32.relative_to(bundle)), "onnxruntime"),
-            Artifact(self.name, "int8", str(int8.relative_to(bundle)), "onnxruntime", extra={"quantization": settings}),
+            Artifact(self.name, "fp32", str(fp32.relative_to(bundle)), RUNTIME.name),
+            Artifact(self.name, "int8", str(int8.relative_to(bundle)), RUNTIME.name,
+                     details={"quantization": settings}),
         ]
 
     def load(self, artifact: Artifact, bundle: Path, *, threads: int | None = None,
              hint: str | None = None) -> Runner:
-        self.ensure_available()
+        if not RUNTIME.present():
+            raise DependencyError(f"{artifact.path} needs ONNX Runtime, which is not installed: {RUNTIME.install}.")
         return OrtRunner(bundle / artifact.path, threads=threads)

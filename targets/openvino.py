@@ -1,49 +1,22 @@
-"""OpenVINO on CPU: the ONNX converted to IR, and INT8 by NNCF post-training quantization.
+"""OpenVINO on CPU: ONNX converted to IR; INT8 by NNCF, OpenVINO's own post-training quantizer.
 
-NNCF is OpenVINO's own quantizer: it inserts FakeQuantize nodes the CPU plugin turns into VNNI/AMX
-int8 kernels, and applies bias correction, so it is what the field uses for OpenVINO INT8.
-
-Settings chosen by measurement (benchmarks/int8_variants.py, ResNet-50 224x224 batch 1 on a 2-core
-AMD EPYC with AVX512-VNNI and AVX512-BF16, a host shared with a training job; medians of 5 and of 9
-interleaved rounds; only figures from the same run are compared):
-
-- ``INFERENCE_PRECISION_HINT=f32`` for FP32 *and* INT8. On CPUs with AVX512-BF16 or AMX, OpenVINO
-  otherwise runs "FP32" models in bfloat16 (that changed 6% of the top-1 predictions of a ResNet-50
-  whose logits are close), and for INT8 the layers left in float gained nothing from bf16: p50
-  12.0 ms with f32 vs 12.6 ms with bf16 (17.3 vs 19.1 ms in a noisier run), same agreement with FP32.
-- ``ENABLE_CPU_PINNING=False``. Pinned threads cannot move off a core that another process is
-  using; on the shared host INT8 p50 went 12.6 -> 10.3 ms and 19.1 -> 14.6 ms (as fast as one
-  thread, without giving up the second core where it is free). OpenVINO's docs advise the same
-  whenever other workloads share the CPU, as they do on a build host.
-- Static input shape: the IR keeps a free batch dimension on disk (one portable bundle), and the
-  runner reshapes it to the batch it is called with before compiling, caching one compiled model per
-  batch size. Shape-agnostic kernels cost up to 1 ms per ResNet-50 call (13.6 vs 12.6 ms; 13.0 vs
-  12.0 ms for NNCF's own default recipe; a tie, 17.6 vs 17.6 ms, in the noisier run).
-- NNCF: preset performance (symmetric activations), fast bias correction, target CPU: NNCF's own
-  defaults. "mixed" was no faster (12.0 vs 12.6 ms, within noise) and no more accurate (trained
-  ResNet-20 on Fashion-MNIST: -0.37 vs -0.27 points). Full bias correction took 2.4x longer to
-  calibrate a ResNet-50 (131 s vs 55 s); it gained 0.57 points on ResNet-20 but lowered ResNet-50
-  agreement (0.88 vs 0.90), so the default stays fast bias correction, well inside the 1-point gate.
+Settings chosen by measurement (figures: benchmarks/results/README.md, "targets/openvino.py"):
+- ``INFERENCE_PRECISION_HINT=f32`` (FP32 and INT8): else bf16 on AVX512-BF16/AMX changed predictions.
+- ``ENABLE_CPU_PINNING=False``: pinned threads stall behind other processes on a shared CPU.
+- One static-shape model compiled per batch size (the IR keeps a free batch): dynamic was never faster.
+- NNCF's defaults (performance preset, fast bias correction): "mixed" or full correction was no better.
 - Threads: all cores (the plugin's default) unless ``threads`` says otherwise.
-
-Result (`make bench`: benchmarks/bench_cpu.py, 5 interleaved rounds, runtime-default threads, the
-same host when quiet): ResNet-50 224x224 batch 1 INT8 p50 5.12 ms: 0.28x ONNX Runtime FP32 (17.82 ms;
-median of per-round ratios) and 0.97x NNCF's default recipe compiled with OpenVINO's defaults
-(5.28 ms); batch 16 0.98x of it; ResNet-18 batch 1 0.96x, batch 16 0.98x. On the busy host the same
-run gave 0.20x and 0.78x. The embedded ResNet-20 (Fashion-MNIST, 10,000 test images) lost 0.17
-points of top-1 (93.44% vs 93.61%, agreement 98.87%).
 """
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from resnet_deploy.errors import DependencyError
-from resnet_deploy.targets.base import Artifact, CompileInput, Runner, Target
+from resnet_deploy.targets.base import Artifact, CompileInput, Runner, Runtime, Target
 
 # Distinct batch sizes compiled with a static shape; beyond this, one shape-agnostic compile serves the rest.
 _MAX_STATIC_BATCHES = 4
@@ -73,7 +46,7 @@ def shared_core():
 class OvRunner:
     """Synchronous ``run(batch) -> logits``; compiles a static-shape model per batch size on first use."""
 
-    def __init__(self, path: Path, *, precision: str, threads: int | None = None, hint: str = "LATENCY") -> None:
+    def __init__(self, path: Path, *, threads: int | None = None, hint: str = "LATENCY") -> None:
         import openvino as ov
 
         self.core = shared_core()
@@ -124,11 +97,16 @@ def nncf_quantize(fp32_xml: Path, out: Path, calibration: np.ndarray, *, preset:
             "calibration_images": len(calibration)}
 
 
+RUNTIME = Runtime("openvino", "openvino", "pip install openvino", preference=200, packages=("openvino", "nncf"),
+                  loggers=("openvino", "nncf"))
+
+
 class OpenVINOTarget(Target):
     name = "openvino"
     aliases = ("cpu", "ov")
     summary = "OpenVINO CPU: FP32 IR and NNCF post-training INT8 IR"
-    requires = {"openvino": "openvino", "nncf": "nncf"}
+    runtimes = (RUNTIME,)
+    build_requires = {"openvino": "openvino", "nncf": "nncf"}
 
     def compile(self, inp: CompileInput, bundle: Path) -> list[Artifact]:
         self.ensure_available()
@@ -141,19 +119,15 @@ class OpenVINOTarget(Target):
         int8 = folder / "model_int8.xml"
         settings = nncf_quantize(fp32, int8, inp.calibration)
         return [
-            Artifact(self.name, "fp32", str(fp32.relative_to(bundle)), "openvino",
-                     extra={"files": [str(fp32.with_suffix(".bin").relative_to(bundle))]}),
-            Artifact(self.name, "int8", str(int8.relative_to(bundle)), "openvino",
-                     extra={"files": [str(int8.with_suffix(".bin").relative_to(bundle))], "quantization": settings}),
+            Artifact(self.name, "fp32", str(fp32.relative_to(bundle)), RUNTIME.name,
+                     files=(str(fp32.with_suffix(".bin").relative_to(bundle)),)),
+            Artifact(self.name, "int8", str(int8.relative_to(bundle)), RUNTIME.name,
+                     files=(str(int8.with_suffix(".bin").relative_to(bundle)),), details={"quantization": settings}),
         ]
 
     def load(self, artifact: Artifact, bundle: Path, *, threads: int | None = None,
              hint: str | None = None) -> Runner:
         # Loading needs the runtime only: a device has openvino but not nncf, which only compile uses.
-        if importlib.util.find_spec("openvino") is None:
-            raise DependencyError(
-                f"--target {self.name} needs openvino to run {artifact.path}, which is not installed. "
-                "Install it with `pip install openvino` and run again."
-            )
-        return OvRunner(bundle / artifact.path, precision=artifact.precision, threads=threads,
-                        hint=(hint or "latency").upper())
+        if not RUNTIME.present():
+            raise DependencyError(f"{artifact.path} needs OpenVINO, which is not installed: {RUNTIME.install}.")
+        return OvRunner(bundle / artifact.path, threads=threads, hint=(hint or "latency").upper())

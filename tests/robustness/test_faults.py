@@ -162,8 +162,8 @@ def test_two_openvino_runners_freed_in_order_leave_ctrl_c_working(tmp_path):
         import gc, os, signal
         import numpy as np
         from resnet_deploy.targets.openvino import OvRunner
-        a = OvRunner({str(model)!r}, precision="fp32")  # the build's validate stage: FP32 runner, then INT8
-        b = OvRunner({str(model)!r}, precision="int8")
+        a = OvRunner({str(model)!r})  # the build's validate stage: FP32 runner, then INT8
+        b = OvRunner({str(model)!r})
         b.run(np.zeros((1, 1, 8, 8), np.float32))
         del a; gc.collect()
         del b; gc.collect()

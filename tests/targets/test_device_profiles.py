@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from resnet_deploy.errors import ConfigError
-from resnet_deploy.targets._trt_config import DESKTOP, JETSON, TrtOptions
-from resnet_deploy.targets.device_profiles import PROFILES, DeviceProfile, get_profile, has_fast_int8
+from resnet_deploy.targets import get_target
+from resnet_deploy.targets.tensorrt.config import JETSON
+from resnet_deploy.targets.tensorrt.profiles import PROFILES, DeviceProfile, get_profile, has_fast_int8
 
 
 @pytest.mark.parametrize("name, cc, dla, trt", [
@@ -65,18 +66,18 @@ def test_profile_validates_its_fields():
 # --- target flags -----------------------------------------------------------------------------------
 
 def test_jetson_defaults():
-    o = TrtOptions.from_options({}, JETSON)
+    o = get_target("jetson").parse_options({})
     assert o.profile.name == "orin-nano" and o.dla_core is None and o.opt_batch == 1 and o.max_batch == 8
 
 
 def test_desktop_defaults_optimise_for_throughput():
-    o = TrtOptions.from_options({}, DESKTOP)
+    o = get_target("tensorrt").parse_options({})
     assert o.profile.name == "desktop" and o.opt_batch == o.max_batch == 32
 
 
 def test_none_means_not_given_and_numbers_may_be_text():
-    o = TrtOptions.from_options({"device": "agx-orin", "dla_core": "1", "max_batch": "4", "workspace_mb": None},
-                                JETSON)
+    o = get_target("jetson").parse_options({"device": "agx-orin", "dla_core": "1", "max_batch": "4",
+                                            "workspace_mb": None})
     assert (o.profile.name, o.dla_core, o.max_batch, o.workspace_mb) == ("agx-orin", 1, 4, JETSON.workspace_mb)
 
 
@@ -93,10 +94,10 @@ def test_none_means_not_given_and_numbers_may_be_text():
 ])
 def test_bad_jetson_flags_name_the_flag(options, flag):
     with pytest.raises(ConfigError, match=flag):
-        TrtOptions.from_options(options, JETSON)
+        get_target("jetson").parse_options(options)
 
 
 def test_tensorrt_target_ignores_jetson_only_flags():
     # `--target all --device agx-orin --dla-core 1` reaches the desktop target too
-    o = TrtOptions.from_options({"device": "agx-orin", "dla_core": 1, "max_batch": 16}, DESKTOP)
+    o = get_target("tensorrt").parse_options({"device": "agx-orin", "dla_core": 1, "max_batch": 16})
     assert o.profile.name == "desktop" and o.dla_core is None and o.max_batch == 16

@@ -255,7 +255,7 @@ def _cfg(dla_core=None):
 
 
 def _build_and_run(version: str, tmp_path: Path, monkeypatch, log: list, *, precision="int8", mode="explicit"):
-    from resnet_deploy.targets import _trt_engine, _trt_runner
+    from resnet_deploy.targets.tensorrt import engine as _trt_engine, runner as _trt_runner
 
     monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt(version, log=log))
     cudart = _HostCudart()

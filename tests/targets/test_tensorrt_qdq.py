@@ -11,13 +11,19 @@ import torch
 from onnx import numpy_helper
 
 from resnet_deploy.calibration.activation_ranges import entropy_amax, percentile_amax
-from resnet_deploy.calibration.qdq import make_qdq_onnx
+from resnet_deploy.calibration import qdq
 from resnet_deploy.errors import ConfigError
 from resnet_deploy.models import build_model
 from resnet_deploy.pipeline.export import export_onnx, run_onnx
 from resnet_deploy.pipeline.fold import fold_batchnorm
+from resnet_deploy.targets import onnx_session
 
 CIFAR10 = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "cifar10"
+
+
+def make_qdq_onnx(*args, **kwargs):
+    """The Q/DQ writer with the pipeline's ONNX executor, as the TensorRT targets call it."""
+    return qdq.make_qdq_onnx(*args, session=onnx_session, **kwargs)
 
 
 def _randomize_bn(model: torch.nn.Module, seed: int) -> torch.nn.Module:

@@ -18,18 +18,18 @@ import pytest
 import torch
 
 from resnet_deploy.calibration.preprocess import Preprocessing
-from resnet_deploy.calibration.trt_cache import read_cache
+from resnet_deploy.targets.tensorrt.calibration_cache import read_cache
 from resnet_deploy.errors import BundleError, ConfigError, DependencyError
 from resnet_deploy.models import build_model
 from resnet_deploy.pipeline.export import export_onnx
 from resnet_deploy.pipeline.fold import fold_batchnorm
 from resnet_deploy.targets import CompileInput, get_target
-from resnet_deploy.targets import _engine_cache as cache
-from resnet_deploy.targets import _trt_engine
-from resnet_deploy.targets._trt_config import TrtBuildConfig, quantization_mode
-from resnet_deploy.targets._trt_runner import TrtRunner
-from resnet_deploy.targets._trtexec import render_script, trtexec_args
-from resnet_deploy.targets.device_profiles import get_profile
+from resnet_deploy.targets.tensorrt import engine_cache as cache
+from resnet_deploy.targets.tensorrt import engine as _trt_engine
+from resnet_deploy.targets.tensorrt.config import TrtBuildConfig, quantization_mode
+from resnet_deploy.targets.tensorrt.runner import TrtRunner
+from resnet_deploy.targets.tensorrt.trtexec import render_script, trtexec_args
+from resnet_deploy.targets.tensorrt.profiles import get_profile
 
 PREP = Preprocessing((32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
@@ -57,8 +57,10 @@ def compiled(base_bundle, tmp_path_factory):
         if key not in _COMPILED:
             bundle = tmp_path_factory.mktemp(target)
             shutil.copyfile(base_bundle[0] / "model_fp32.onnx", bundle / "model_fp32.onnx")
-            arts = get_target(target).compile(CompileInput(bundle / "model_fp32.onnx", base_bundle[1], PREP,
-                                                           options), bundle)
+            t = get_target(target)
+            arts = t.compile(CompileInput(bundle / "model_fp32.onnx", base_bundle[1], PREP,
+                                          t.parse_options(options)), bundle)
+            _as_bundle(bundle, arts)
             _COMPILED[key] = (bundle, arts)
         bundle, arts = _COMPILED[key]
         fresh = tmp_path_factory.mktemp("copy")
@@ -66,6 +68,28 @@ def compiled(base_bundle, tmp_path_factory):
         return fresh, arts
 
     return run
+
+
+def _as_bundle(bundle: Path, arts) -> None:
+    """The rest of a bundle around a compiled target folder (report, preprocessing, sample, manifest), so the
+    device side (device-build, infer) takes it as a build's."""
+    from resnet_deploy.pipeline import bundle as bundle_io
+
+    bundle_io.write_json(bundle / bundle_io.REPORT_JSON, {"artifacts": [a.to_dict() for a in arts], "results": []})
+    bundle_io.write_json(bundle / bundle_io.PREPROCESSING, PREP.to_dict())
+    bundle_io.save_eval_sample(bundle / bundle_io.EVAL_SAMPLE, np.zeros((2, 32, 32, 3), np.uint8), np.zeros(2),
+                               tuple(str(i) for i in range(10)))
+    bundle_io.write_manifest(bundle, versions={}, args={}, seed=0, calibration={})
+
+
+def device_build(bundle: Path, **options) -> Path:
+    """`resnet-deploy device-build` through the library; the engine it recorded."""
+    from resnet_deploy.pipeline import device
+
+    cache_dir = options.pop("cache_dir", None)
+    device.device_build(bundle, options, cache_dir=cache_dir)
+    record = json.loads((bundle / "device_artifacts.json").read_text())[0]
+    return Path(record["path"]) if Path(record["path"]).is_absolute() else bundle / record["path"]
 
 
 # --- compile ----------------------------------------------------------------------------------------
@@ -84,8 +108,8 @@ def test_jetson_compile_writes_the_device_files(compiled):
     assert [a.runtime for a in arts] == ["onnxruntime"]  # no TensorRT here: the simulated row only
     sim = arts[0]
     assert (sim.target, sim.precision, sim.path, sim.simulated) == ("jetson", "int8", "jetson/model_qdq.onnx", True)
-    assert all((bundle / f).is_file() for f in sim.extra["files"])
-    assert "trtexec" in sim.extra["commands"]["jetson-trtexec"]
+    assert all((bundle / f).is_file() for f in sim.files)
+    assert "trtexec" in sim.commands["jetson-trtexec"]
 
 
 def test_simulated_row_runs_under_onnx_runtime(compiled, base_bundle):
@@ -99,7 +123,7 @@ def test_simulated_row_runs_under_onnx_runtime(compiled, base_bundle):
 def test_devices_without_fast_int8_get_fp16_and_say_so(compiled):
     bundle, arts = compiled("jetson", device="nano")
     sim = arts[0]
-    assert sim.precision == "fp16" and "FP16" in sim.extra["note"] and "Jetson Nano" in sim.extra["note"]
+    assert sim.precision == "fp16" and "FP16" in sim.note and "Jetson Nano" in sim.note
     cfg = TrtBuildConfig.read(bundle / "jetson")
     assert cfg.precision == "fp16" and cfg.mode() == "none" and cfg.note
     assert read_cache(bundle / "jetson" / "calibration.cache")[0] == "TRT-8201-EntropyCalibration2"
@@ -110,19 +134,17 @@ def test_dla_bundle_uses_implicit_int8_and_static_shapes(compiled):
     cfg = TrtBuildConfig.read(bundle / "jetson")
     assert cfg.dla_core == 1 and cfg.mode() == "implicit"
     assert cfg.shapes() == ((1, 3, 32, 32),) * 3  # DLA takes min = opt = max
-    assert "--useDLACore=1" in arts[0].extra["commands"]["jetson-trtexec"]
+    assert "--useDLACore=1" in arts[0].commands["jetson-trtexec"]
 
 
 def test_bad_options_fail_before_any_work(base_bundle, tmp_path):
-    inp = CompileInput(base_bundle[0] / "model_fp32.onnx", base_bundle[1], PREP, {"dla_core": 0})
     with pytest.raises(ConfigError, match="--dla-core"):
-        get_target("jetson").compile(inp, tmp_path)
-    assert not (tmp_path / "jetson").exists()
+        get_target("jetson").parse_options({"dla_core": 0})  # orin-nano has no DLA: refused before compile
 
 
 def test_targets_need_no_sdk_for_the_simulated_row():
     for name in ("tensorrt", "jetson", "trt"):
-        assert get_target(name).requires == {} and get_target(name).missing() == []
+        assert get_target(name).missing() == []  # ONNX Runtime only, a build dependency
 
 
 # --- build_config.json and quantization mode -----------------------------------------------------------
@@ -407,16 +429,16 @@ def test_gpu_without_fast_int8_builds_fp16(compiled, fake_gpu):
 def test_device_build_records_the_engine_for_the_device_side(compiled, fake_gpu):
     bundle, _ = compiled("jetson", device="agx-orin")
     fake_gpu("10.3.0")
-    path = _trt_engine.device_build(bundle)
-    path2 = _trt_engine.device_build(bundle, dla_core=1)
+    path = device_build(bundle)
+    path2 = device_build(bundle, dla_core=1)
     assert path.is_file() and path2.is_file() and path != path2
     records = json.loads((bundle / "device_artifacts.json").read_text())
     assert len(records) == 1, "one engine per target: the newest replaces the last"
     assert records[0]["runtime"] == "tensorrt" and records[0]["target"] == "jetson"
     assert (bundle / records[0]["path"]).resolve() == path2.resolve()
-    assert records[0]["extra"]["engine_key"]["dla_core"] == 1
+    assert records[0]["details"]["engine_key"]["dla_core"] == 1
     with pytest.raises(ConfigError, match="--dla-core"):
-        _trt_engine.device_build(bundle, dla_core=5)
+        device_build(bundle, dla_core=5)
 
 
 def test_device_build_lists_its_engine_in_the_manifest(compiled, fake_gpu, tmp_path):
@@ -425,20 +447,20 @@ def test_device_build_lists_its_engine_in_the_manifest(compiled, fake_gpu, tmp_p
     bundle, _ = compiled("jetson", device="agx-orin")
     bundle_io.write_manifest(bundle, versions={}, args={}, seed=0, calibration={})
     fake_gpu("10.3.0")
-    path = _trt_engine.device_build(bundle)
+    path = device_build(bundle)
     files = bundle_io.verify_bundle(bundle)["files"]
     rel = str(path.resolve().relative_to(bundle.resolve()))
     for name in ("device_artifacts.json", rel, rel[:-len(".engine")] + ".json"):
         assert files[name]["written_by"] == "device-build", name
     assert not list(bundle.glob("*.tmp-*")) and not (bundle.parent / f".{bundle.name}.lock").exists()
-    _trt_engine.device_build(bundle, dla_core=1)  # the newest engine replaces the last in the manifest too
+    device_build(bundle, dla_core=1)  # the newest engine replaces the last in the manifest too
     files = bundle_io.verify_bundle(bundle)["files"]
     assert rel not in files and sum(n.endswith(".engine") for n in files) == 1
 
     outside = tmp_path / "engine-cache"  # --cache-dir outside the bundle: absolute path and its own sha256
-    path = _trt_engine.device_build(bundle, cache_dir=outside)
+    path = device_build(bundle, cache_dir=outside)
     record = json.loads((bundle / "device_artifacts.json").read_text())[0]
-    assert record["path"] == str(path.resolve()) and record["extra"]["sha256"] == cache.sha256_file(path)
+    assert record["path"] == str(path.resolve()) and record["sha256"] == cache.sha256_file(path)
     assert not any(n.endswith(".engine") for n in bundle_io.verify_bundle(bundle)["files"])
 
 
@@ -449,14 +471,14 @@ def test_device_build_refuses_while_another_writes_the_bundle(compiled, fake_gpu
     bundle, _ = compiled("jetson")
     fake_gpu("10.3.0")
     with out_lock.hold(bundle, what="device-build"), pytest.raises(OutputInUse, match="device-build .pid"):
-        _trt_engine.device_build(bundle)
+        device_build(bundle)
 
 
 def test_device_build_without_tensorrt_says_how_to_get_it(compiled, monkeypatch):
     bundle, _ = compiled("jetson")
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails as when it is not installed
     with pytest.raises(DependencyError, match="TensorRT is not installed"):
-        _trt_engine.device_build(bundle)
+        device_build(bundle)
 
 
 def test_device_build_without_a_gpu(compiled, fake_gpu, monkeypatch):
@@ -464,12 +486,14 @@ def test_device_build_without_a_gpu(compiled, fake_gpu, monkeypatch):
     fake_gpu("10.3.0")
     monkeypatch.setattr(_trt_engine, "gpu_info", lambda: None)
     with pytest.raises(DependencyError, match="GPU"):
-        _trt_engine.device_build(bundle)
+        device_build(bundle)
 
 
-def test_device_build_needs_a_tensorrt_bundle(tmp_path):
-    with pytest.raises(BundleError, match="no TensorRT build"):
-        _trt_engine.device_build(tmp_path)
+def test_device_build_needs_a_tensorrt_bundle(compiled):
+    bundle, _ = compiled("tensorrt")
+    (bundle / "tensorrt" / "build_config.json").unlink()  # listed in the manifest, so now damage
+    with pytest.raises(BundleError):
+        device_build(bundle)
 
 
 # --- the runner, against stand-ins for TensorRT and the CUDA runtime -------------------------------------
@@ -563,7 +587,7 @@ def _fake_runtime_trt(cudart: _FakeCudart, profile: tuple, calls: list) -> types
 @pytest.mark.parametrize("profile, batch, runs", [((1, 4, 8), 20, [8, 8, 4]), ((2, 2, 2), 3, [2, 2])],
                          ids=["split-beyond-max-batch", "pad-a-static-dla-profile"])
 def test_runner_splits_and_pads_batches_to_the_engine_profile(tmp_path, monkeypatch, profile, batch, runs):
-    from resnet_deploy.targets import _trt_runner
+    from resnet_deploy.targets.tensorrt import runner as _trt_runner
 
     cudart, calls = _FakeCudart(), []
     monkeypatch.setitem(sys.modules, "tensorrt", _fake_runtime_trt(cudart, profile, calls))
@@ -581,7 +605,7 @@ def test_runner_splits_and_pads_batches_to_the_engine_profile(tmp_path, monkeypa
 
 
 def test_runner_refuses_an_engine_of_another_tensorrt(tmp_path, monkeypatch):
-    from resnet_deploy.targets import _trt_runner
+    from resnet_deploy.targets.tensorrt import runner as _trt_runner
 
     cudart = _FakeCudart()
     monkeypatch.setitem(sys.modules, "tensorrt", _fake_runtime_trt(cudart, (1, 1, 1), []))
@@ -603,7 +627,7 @@ def _require_tensorrt():
 def test_real_engine_agrees_with_the_simulated_row(compiled, base_bundle):
     _require_tensorrt()
     bundle, arts = compiled("tensorrt")
-    path = _trt_engine.device_build(bundle)
+    path = device_build(bundle)
     assert _trt_engine.build_engine(bundle / "tensorrt").reused
     runner = TrtRunner(path)
     x = np.random.default_rng(1).standard_normal((40, 3, 32, 32)).astype(np.float32)  # > max batch 32: split

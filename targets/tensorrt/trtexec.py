@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import shlex
 
-from resnet_deploy.calibration.trt_cache import parse_version
-from resnet_deploy.targets._trt_config import TrtBuildConfig
+from resnet_deploy.targets.tensorrt.calibration_cache import parse_version
+from resnet_deploy.targets.tensorrt.config import TrtBuildConfig
 
 
 def _shape(name: str, shape: tuple[int, ...]) -> str:

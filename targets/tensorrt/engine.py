@@ -1,37 +1,29 @@
 """The TensorRT SDK layer: build (or reuse) the engine a bundle's build_config.json describes.
 
-TensorRT and cuda-python are imported inside the functions that need them, never at import time.
-API versions used (TensorRT Python API reference of each release):
-- ``create_network``: the EXPLICIT_BATCH flag is required for ONNX before 10.0 and deprecated in 10.0
-  (explicit batch is then the only mode);
-- ``IBuilderConfig.set_memory_pool_limit(MemoryPoolType.WORKSPACE, bytes)``: 8.4+ (``max_workspace_size``
-  before, removed in 10.0); ``build_serialized_network`` and the timing-cache calls: 8.0+;
-- ``int8_calibrator`` with ``IInt8EntropyCalibrator2`` (implicit INT8): deprecated in 10.1 with implicit
-  quantization, still working through 10.x, and the only INT8 route DLA takes.
-Running an engine is ``_trt_runner``.
+TensorRT and cuda-python are imported inside the functions that need them, never at import time;
+running an engine is ``runner``. API versions (TensorRT Python API reference of each release):
+- ``EXPLICIT_BATCH``: required for ONNX before 10.0, deprecated in 10.0 (the only mode then);
+- ``set_memory_pool_limit(WORKSPACE, bytes)``: 8.4+ (``max_workspace_size`` before, removed in 10.0);
+  ``build_serialized_network`` and the timing-cache calls: 8.0+;
+- ``IInt8EntropyCalibrator2`` (implicit INT8): deprecated in 10.1, works through 10.x; DLA's only
+  INT8 route.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resnet_deploy.calibration.trt_cache import header_version, read_cache, retarget_cache, version_code
+from resnet_deploy.targets.tensorrt.calibration_cache import header_version, read_cache, retarget_cache, version_code
 from resnet_deploy.errors import BundleError, DependencyError, VerificationError
-from resnet_deploy.pipeline import bundle as bundle_io
-from resnet_deploy.pipeline import out_lock
-from resnet_deploy.targets import _engine_cache as cache
-from resnet_deploy.targets._trt_config import BUILD_CONFIG, TrtBuildConfig
-from resnet_deploy.targets.base import Artifact
-from resnet_deploy.targets.device_profiles import has_fast_int8
+from resnet_deploy.targets.tensorrt import engine_cache as cache
+from resnet_deploy.targets.tensorrt.config import BUILD_CONFIG, TrtBuildConfig
+from resnet_deploy.targets.tensorrt.profiles import has_fast_int8
 
-DEVICE_ARTIFACTS = bundle_io.DEVICE_ARTIFACTS  # engines built on the device; read only when the manifest lists it
 ENGINES = "engines"
 
 _INSTALL_HINT = ("On a Jetson, TensorRT comes with JetPack (`sudo apt install nvidia-jetpack`, Python module "
@@ -236,52 +228,3 @@ def find_target_folder(bundle: Path) -> Path:
                           "--target tensorrt.")
     on_jetson = Path("/etc/nv_tegra_release").exists()
     return sorted(found, key=lambda p: (p.name != ("jetson" if on_jetson else "tensorrt"), p.name))[0]
-
-
-def device_build(bundle: Path, *, dla_core: int | None = None, force: bool = False,
-                 cache_dir: Path | None = None) -> Path:
-    """On the device: build or reuse the bundle's engine, record it in device_artifacts.json, return its path.
-
-    ``dla_core`` overrides the bundle's choice (None keeps it); ``force`` rebuilds even a valid cached engine.
-    The record and the engine (with its key file) are added to the bundle's manifest, under ``files`` with
-    ``"written_by": "device-build"``, by an atomic rewrite, so the device side trusts them like the build's
-    own files. An engine in a ``cache_dir`` outside the bundle is recorded with its absolute path and its
-    sha256, which ``infer``/``bench`` check before loading it. The bundle's lock is held throughout.
-    """
-    with out_lock.hold(bundle, flag="BUNDLE", what="device-build"):
-        folder = find_target_folder(bundle)
-        built = build_engine(folder, dla_core=dla_core, force=force, cache_dir=cache_dir)
-        cfg = TrtBuildConfig.read(folder)
-        engine = built.path.resolve()
-        try:
-            rel: str | None = str(engine.relative_to(bundle.resolve()))
-        except ValueError:
-            rel = None
-        extra: dict[str, Any] = {"engine_key": built.key.to_dict(), "cache": built.reason}
-        if built.note:
-            extra["note"] = built.note
-        if rel is None:
-            extra.update(sha256=cache.sha256_file(engine), bytes=engine.stat().st_size)
-        artifact = Artifact(cfg.target, built.key.precision, rel or str(engine), "tensorrt", extra=extra)
-        record = bundle / DEVICE_ARTIFACTS
-        kept = []
-        if record.is_file():
-            try:
-                kept = [a for a in json.loads(record.read_text()) if isinstance(a, dict)
-                        and not (a.get("target") == cfg.target and a.get("runtime") == "tensorrt")]
-            except (OSError, ValueError, TypeError):
-                kept = []  # a damaged record is rewritten from this engine alone
-        tmp = record.with_name(f"{record.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps([artifact.to_dict(), *kept], indent=2) + "\n")
-        os.replace(tmp, record)
-        if (bundle / bundle_io.MANIFEST).is_file():
-            listed = {DEVICE_ARTIFACTS: record}
-            if rel is not None:
-                listed[rel] = engine
-                meta = engine.with_suffix(".json")
-                if meta.is_file():
-                    listed[str(Path(rel).with_suffix(".json"))] = meta
-            keep = [p for a in kept if not str(a.get("path", "")).startswith("/")
-                    for p in (str(a.get("path")), str(Path(str(a.get("path"))).with_suffix(".json")))]
-            bundle_io.record_device_files(bundle, listed, keep=keep)
-    return built.path

@@ -87,3 +87,11 @@ def jetson_profiles() -> list[str]:
 def has_fast_int8(compute_capability: tuple[int, int]) -> bool:
     """Whether TensorRT has fast INT8 kernels on this GPU architecture (DP4A from sm 6.1; not sm 6.0/6.2)."""
     return compute_capability == (6, 1) or compute_capability >= (7, 0)
+
+
+def describe_profile(p: DeviceProfile) -> str:
+    """One line for ``resnet-deploy devices``: GPU, compute capability, DLA cores, software, precision."""
+    precision = "int8" if p.fast_int8 else "fp16 (no fast INT8)"
+    stack = f"JetPack {p.jetpack} / TensorRT {p.tensorrt}" if p.jetpack else f"TensorRT {p.tensorrt} (any desktop GPU)"
+    return (f"{p.gpu:28s} sm_{p.compute_capability[0]}{p.compute_capability[1]}  DLA x{p.dla_cores}  "
+            f"{stack}  {precision}")

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from resnet_deploy.pipeline.bundle import sha256_file
+from resnet_deploy.files import sha256_file
 
 Shape = tuple[int, ...]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from resnet_deploy.errors import BundleError
-from resnet_deploy.targets._trt_engine import GpuInfo, check_cuda, cuda_runtime, gpu_info, import_tensorrt
+from resnet_deploy.targets.tensorrt.engine import GpuInfo, check_cuda, cuda_runtime, gpu_info, import_tensorrt
 
 
 class TrtRunner:

@@ -7,13 +7,14 @@ everything the build needs and nothing that depends on the build machine; no tor
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+import dataclasses
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from resnet_deploy.calibration.trt_cache import parse_version
+from resnet_deploy.targets.tensorrt.calibration_cache import parse_version
 from resnet_deploy.errors import BundleError, ConfigError
-from resnet_deploy.targets.device_profiles import DeviceProfile, get_profile, jetson_profiles
+from resnet_deploy.targets.tensorrt.profiles import DeviceProfile, get_profile, jetson_profiles
 
 BUILD_CONFIG = "build_config.json"
 QDQ_ONNX = "model_qdq.onnx"
@@ -21,6 +22,33 @@ CALIBRATION_CACHE = "calibration.cache"
 TRTEXEC_SCRIPT = "trtexec.sh"
 SCHEMA = 1
 MAX_BATCH_LIMIT = 4096  # DLA's largest batch; far beyond any useful profile on a GPU too
+
+
+def _flag(help_text: str, kind: type) -> Any:
+    return field(default=None, metadata={"help": help_text, "type": kind})
+
+
+@dataclass(frozen=True)
+class TensorRTFlags:
+    """``build`` flags of ``--target tensorrt`` (and jetson): None means the preset's value."""
+
+    max_batch: int | None = _flag("Largest batch of the TensorRT optimisation profile.", int)
+    workspace_mb: int | None = _flag("TensorRT builder workspace limit in MiB.", int)
+
+
+@dataclass(frozen=True)
+class JetsonFlags(TensorRTFlags):
+    """``build`` flags of ``--target jetson``."""
+
+    device: str | None = _flag("Jetson profile (see `resnet-deploy devices`; default orin-nano).", str)
+    dla_core: int | None = _flag("Jetson DLA core for the engine (GPU fallback on).", int)
+
+
+@dataclass(frozen=True)
+class DeviceBuildFlags:
+    """``device-build`` flags of the TensorRT targets."""
+
+    dla_core: int | None = _flag("DLA core (default: the bundle's choice); GPU fallback on.", int)
 
 
 @dataclass(frozen=True)
@@ -75,9 +103,9 @@ class TrtOptions:
                 raise ConfigError(f"--dla-core must be 0..{cores - 1} on {self.profile.gpu}, got {self.dla_core}.")
 
     @classmethod
-    def from_options(cls, options: dict[str, Any], preset: TrtPreset) -> "TrtOptions":
-        """Read this target's keys of ``CompileInput.options`` (None means "not given"); others are ignored."""
-        given = {k: v for k, v in options.items() if v is not None}
+    def from_flags(cls, flags: Any, preset: TrtPreset) -> "TrtOptions":
+        """Validate a ``TensorRTFlags``/``JetsonFlags`` (None means "not given") against the preset."""
+        given = {k: v for k, v in dataclasses.asdict(flags).items() if v is not None} if flags is not None else {}
         if preset.device_flag:
             profile = get_profile(str(given.get("device", preset.device)))
             if not profile.is_jetson:

@@ -1,0 +1,201 @@
+"""What the TensorRT and Jetson targets share: compile a bundle folder for a device, load its models.
+
+``compile`` writes, under ``<bundle>/<target>/``: the Q/DQ ONNX (explicit INT8), the calibration
+cache (implicit INT8: TensorRT 8.x and DLA), ``build_config.json`` and ``trtexec.sh``. An engine is
+tied to the GPU and TensorRT release that built it, so it is built on the device (``device_build``);
+here the Q/DQ graph runs under ONNX Runtime on the CPU as a simulated INT8 row, and the engine is
+built here too only where TensorRT and a GPU are present.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+from resnet_deploy.calibration.qdq import QdqResult, make_qdq_onnx
+from resnet_deploy.errors import ConfigError, DependencyError
+from resnet_deploy.targets import onnx_session
+from resnet_deploy.targets.base import Artifact, CompileInput, DeviceBuild, Runner, Runtime, Target
+from resnet_deploy.targets.onnxruntime import RUNTIME as ORT_RUNTIME
+from resnet_deploy.targets.onnxruntime import OrtRunner
+from resnet_deploy.targets.tensorrt import config as tc
+from resnet_deploy.targets.tensorrt.calibration_cache import write_cache
+from resnet_deploy.targets.tensorrt.profiles import PROFILES, describe_profile
+from resnet_deploy.targets.tensorrt.trtexec import render_script, trtexec_command
+
+RUNTIME = Runtime(
+    "tensorrt", "tensorrt",
+    "on a Jetson, TensorRT comes with JetPack (python3-libnvinfer); on a desktop GPU `pip install tensorrt`",
+    preference=300, packages=("tensorrt",), loggers=())
+
+
+def _input_name(onnx_path: Path) -> str:
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    return next(i.name for i in graph.input if i.name not in initializers)
+
+
+def _on_jetson() -> bool:
+    return Path("/etc/nv_tegra_release").exists()
+
+
+class TrtTargetBase(Target):
+    """A TensorRT device target; subclasses set ``name``, ``summary``, ``preset`` and ``options``."""
+
+    preset: tc.TrtPreset = tc.DESKTOP
+    runtimes = (RUNTIME, ORT_RUNTIME)  # the engine on the device; its CPU simulation here
+    build_requires = {"onnxruntime": "onnxruntime"}  # the simulated row; TensorRT itself is optional here
+    device_options = tc.DeviceBuildFlags
+
+    def parse_options(self, raw: Mapping[str, Any]) -> tc.TrtOptions:
+        flags = super().parse_options(raw)
+        return tc.TrtOptions.from_flags(flags, self.preset)
+
+    def compile(self, inp: CompileInput, bundle: Path) -> list[Artifact]:
+        opts = inp.options if isinstance(inp.options, tc.TrtOptions) else self.parse_options({})
+        folder = bundle / self.name
+        folder.mkdir(parents=True, exist_ok=True)
+        fp32 = Path(inp.fp32_onnx)
+        if bundle.resolve() not in fp32.resolve().parents:  # not in the bundle yet: carry a copy
+            fp32 = Path(shutil.copyfile(fp32, folder / "model_fp32.onnx"))
+        qdq = make_qdq_onnx(fp32, folder / tc.QDQ_ONNX, inp.calibration, session=onnx_session)
+        cfg = self._write_device_files(opts, inp, fp32, folder, qdq)
+        artifacts = [self._simulated(cfg, qdq, fp32, folder, bundle)]
+        engine = self._engine_here(folder, bundle)
+        return artifacts + ([engine] if engine is not None else [])
+
+    def _write_device_files(self, opts: tc.TrtOptions, inp: CompileInput, fp32: Path, folder: Path,
+                            qdq: QdqResult) -> tc.TrtBuildConfig:
+        """calibration.cache, build_config.json and trtexec.sh: what the device needs besides the models."""
+        p = opts.profile
+        write_cache(folder / tc.CALIBRATION_CACHE, qdq.amax, trt_version=p.tensorrt)
+        note = "" if p.fast_int8 else (
+            f"{p.gpu.split(' (')[0]} (sm {p.compute_capability[0]}.{p.compute_capability[1]}) has no fast INT8 "
+            "in TensorRT, so its engine is FP16; this row runs the FP32 ONNX under ONNX Runtime in its place "
+            "(FP16 rounding is not simulated).")
+        cfg = tc.TrtBuildConfig(
+            target=self.name, profile=p, precision=p.precision, input_name=_input_name(fp32),
+            input_shape=inp.preprocessing.shape, min_batch=1, opt_batch=opts.opt_batch, max_batch=opts.max_batch,
+            dla_core=opts.dla_core, workspace_mb=opts.workspace_mb, qdq_onnx=tc.QDQ_ONNX,
+            fp32_onnx=os.path.relpath(fp32.resolve(), folder.resolve()), calibration_cache=tc.CALIBRATION_CACHE,
+            amax_method=qdq.method, note=note)
+        cfg.write(folder)
+        script = folder / tc.TRTEXEC_SCRIPT
+        script.write_text(render_script(cfg))
+        script.chmod(0o755)
+        return cfg
+
+    def _simulated(self, cfg: tc.TrtBuildConfig, qdq: QdqResult, fp32: Path, folder: Path,
+                   bundle: Path) -> Artifact:
+        """The CPU stand-in for the engine: the Q/DQ graph (INT8), or the FP32 graph for an FP16 device."""
+        model = folder / tc.QDQ_ONNX if cfg.precision == "int8" else fp32
+        files = [folder / tc.CALIBRATION_CACHE, folder / tc.BUILD_CONFIG, folder / tc.TRTEXEC_SCRIPT]
+        if model != fp32 and fp32.parent == folder:
+            files.append(fp32)
+        p = cfg.profile
+        details: dict[str, Any] = {
+            "device": p.name, "gpu": p.gpu, "tensorrt": p.tensorrt, "jetpack": p.jetpack or None,
+            "engine_precision": cfg.precision, "quantization": {**qdq.to_dict(), "tensorrt_mode": cfg.mode()},
+            "batch": {"min": cfg.min_batch, "opt": cfg.opt_batch, "max": cfg.max_batch}, "dla_core": cfg.dla_core,
+        }
+        return Artifact(self.name, cfg.precision, str(model.relative_to(bundle)), ORT_RUNTIME.name, simulated=True,
+                        files=tuple(str(f.relative_to(bundle)) for f in files), note=cfg.note,
+                        commands={f"{self.name}-trtexec": f"cd {folder.name} && {trtexec_command(cfg)}"},
+                        details=details)
+
+    def _engine_here(self, folder: Path, bundle: Path) -> Artifact | None:
+        """Build the engine on this machine when it has TensorRT and a GPU (a desktop build, or on a Jetson)."""
+        from resnet_deploy.targets.tensorrt import engine as trt_engine
+
+        if not trt_engine.engine_ready():
+            return None
+        built = trt_engine.build_engine(folder)
+        return Artifact(self.name, built.key.precision, str(built.path.relative_to(bundle)), RUNTIME.name,
+                        note=built.note, details={"engine_key": built.key.to_dict()})
+
+    def load(self, artifact: Artifact, bundle: Path, *, threads: int | None = None,
+             hint: str | None = None) -> Runner:
+        path = bundle / artifact.path
+        if artifact.runtime == ORT_RUNTIME.name:
+            if not ORT_RUNTIME.present():
+                raise DependencyError(f"The simulated {self.name} row needs ONNX Runtime: {ORT_RUNTIME.install}.")
+            return OrtRunner(path, threads=threads, label="TensorRT simulated")
+        if artifact.runtime == RUNTIME.name:
+            from resnet_deploy.targets.tensorrt.runner import TrtRunner
+
+            return TrtRunner(path)
+        raise ConfigError(f"--target {self.name} cannot load a {artifact.runtime} artifact ({artifact.path}).")
+
+    # --- on the device ------------------------------------------------------------------------------
+
+    def _folder(self, bundle: Path) -> Path:
+        return bundle / self.name
+
+    def has_device_build(self, bundle: Path) -> bool:
+        """This target's folder is in the bundle, and it is the one to build here: jetson/ on a Jetson,
+        tensorrt/ elsewhere, either when the bundle has only one of them."""
+        if not (self._folder(bundle) / tc.BUILD_CONFIG).is_file():
+            return False
+        other = "tensorrt" if self.name == "jetson" else "jetson"
+        if not (bundle / other / tc.BUILD_CONFIG).is_file():
+            return True
+        return (self.name == "jetson") == _on_jetson()
+
+    def device_build(self, bundle: Path, options: Any, *, force: bool = False,
+                     cache_dir: Path | None = None) -> DeviceBuild:
+        """Build (or reuse from the engine cache) this bundle's TensorRT engine on this device's GPU."""
+        from resnet_deploy.targets.tensorrt import engine as trt_engine
+
+        dla_core = getattr(options, "dla_core", None)
+        built = trt_engine.build_engine(self._folder(bundle), dla_core=dla_core, force=force, cache_dir=cache_dir)
+        engine = built.path.resolve()
+        details = {"engine_key": built.key.to_dict(), "cache": built.reason}
+        try:
+            rel: str | None = str(engine.relative_to(bundle.resolve()))
+        except ValueError:
+            rel = None
+        if rel is None:  # an engine cache outside the bundle: recorded with its own hash, checked at load
+            from resnet_deploy.targets.tensorrt.engine_cache import sha256_file
+
+            artifact = Artifact(self.name, built.key.precision, str(engine), RUNTIME.name, note=built.note,
+                                details=details, sha256=sha256_file(engine))
+            files: dict[str, Path] = {}
+        else:  # the engine and its cache-key record, listed in the manifest by the caller
+            files = {rel: engine}
+            key_file = engine.with_suffix(".json")
+            if key_file.is_file():
+                files[str(Path(rel).with_suffix(".json"))] = key_file
+            artifact = Artifact(self.name, built.key.precision, rel, RUNTIME.name, files=tuple(files)[1:],
+                                note=built.note, details=details)
+        verb = "reused" if built.reused else "built"
+        return DeviceBuild((artifact,), files, f"engine {verb}: {engine} ({built.reason})")
+
+    def profiles(self) -> list[tuple[str, str]]:
+        return [(p.name, describe_profile(p)) for p in PROFILES.values() if p.is_jetson == self.preset.device_flag]
+
+
+class TensorRTTarget(TrtTargetBase):
+    """TensorRT on a desktop or data-center NVIDIA GPU: INT8 by explicit Q/DQ, engine built where the GPU is."""
+
+    name = "tensorrt"
+    aliases = ("trt",)
+    summary = "TensorRT on an NVIDIA GPU: INT8 Q/DQ ONNX + calibration cache, engine built on the GPU"
+    preset = tc.DESKTOP
+    options = tc.TensorRTFlags
+
+
+class JetsonTarget(TrtTargetBase):
+    """NVIDIA Jetson: the TensorRT target for one device profile (``--device``, default ``orin-nano``).
+
+    The profile sets the TensorRT version (calibration-cache header, trtexec flags), whether INT8 is
+    worth it (FP16 on Nano and TX2) and which DLA cores ``--dla-core`` may pick (GPU fallback on).
+    """
+
+    name = "jetson"
+    summary = "NVIDIA Jetson (--device profile): TensorRT INT8/FP16 bundle, optional DLA, engine built on device"
+    preset = tc.JETSON
+    options = tc.JetsonFlags
