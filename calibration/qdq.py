@@ -47,7 +47,7 @@ class QdqResult:
     candidates: dict[str, float] | None = None  # rule -> agreement, when "auto" chose among them
 
     def to_dict(self) -> dict:
-        return {"format": "QDQ (TensorRT explicit quantization)", "activations": "int8 symmetric per-tensor",
+        return {"format": "QDQ (explicit quantization)", "activations": "int8 symmetric per-tensor",
                 "weights": "int8 symmetric per-channel", "amax_method": self.method,
                 "quantized_activations": len(self.activations), "quantized_weights": len(self.weights),
                 "calibration_images": self.calibration_images, "calibration_agreement": self.calibration_agreement,

@@ -181,6 +181,12 @@ def _target_flags(kind: str):
     return decorate
 
 
+def _default_target() -> str:
+    from resnet_deploy.targets import list_targets
+
+    return list_targets()[0]
+
+
 def _target_help() -> str:
     from resnet_deploy.targets import get_target, list_targets
 
@@ -189,7 +195,8 @@ def _target_help() -> str:
 
 
 @main.command()
-@click.option("--target", "targets", multiple=True, default=("openvino",), show_default=True, help=_target_help())
+@click.option("--target", "targets", multiple=True, default=lambda: (_default_target(),),
+              show_default=_default_target(), help=_target_help())
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help=".pt/.pth/.th/.tar or .safetensors (default: the embedded Fashion-MNIST resnet20).")
 @click.option("--arch", default=None, help="Architecture; without --checkpoint builds a random model (latency only).")
@@ -329,7 +336,7 @@ def infer(ui: Ui, bundle, images, top, runtime, precision, as_json) -> None:
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
               help="Runtime threads (default: the runtime's choice).")
 @click.option("--hint", type=click.Choice(["latency", "throughput"]), default=None,
-              help="OpenVINO performance hint (streams); default latency.")
+              help="latency: one request at a time (default); throughput: the runtime's multi-stream settings.")
 @click.option("--warmup", type=click.IntRange(0, 100_000), default=10, show_default=True)
 @click.option("--iterations", type=click.IntRange(1, 10_000_000), default=100, show_default=True,
               help="Minimum timed calls per batch size.")
