@@ -1,4 +1,4 @@
-"""The build chain: one record flows through the stages, each adding the files and figures it made.
+"""The build chain: each stage is a function of what the earlier stages returned, read top to bottom.
 
     load -> data -> fold BN -> export ONNX -> reference -> compile per target -> validate -> report
 """
@@ -11,10 +11,10 @@ import platform
 import resource
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -31,42 +31,76 @@ from resnet_deploy.pipeline import checkpoint as ckpt
 from resnet_deploy.pipeline import out_lock
 from resnet_deploy.pipeline.evaluate import predict, score
 from resnet_deploy.pipeline.export import export_onnx
-from resnet_deploy.pipeline.fold import fold_batchnorm, verify_fold
+from resnet_deploy.pipeline.fold import FoldCheck, fold_batchnorm, verify_fold
 from resnet_deploy.pipeline.latency import measure
 from resnet_deploy.pipeline.html_report import render_html
-from resnet_deploy.pipeline.report import SCHEMA, gate, render_markdown
+from resnet_deploy.pipeline.records import (DataInfo, DataSet, Host, Latency, ModelInfo, Reference, Report,
+                                            ResultRow, Stage)
+from resnet_deploy.pipeline.report import gate, render_markdown
 from resnet_deploy.pipeline.settings import EMBEDDED_MODEL, BuildSettings
-from resnet_deploy.targets import Artifact, CompileInput, expand, get_target, option_owners, runtimes
+from resnet_deploy.targets import Artifact, CompileInput, Target, expand, get_target, option_owners, runtimes
 from resnet_deploy.host import cpu_name
 
 
 @dataclass(frozen=True)
-class BuildRecord:
-    """What the build knows so far. Stages return a new record; nothing is mutated in place."""
+class Data:
+    """The data stage's result: the preprocessing record and the decoded images (calibration and
+    evaluation never overlap), the indices of the evaluation images the bundle carries, and where they
+    came from."""
 
-    settings: BuildSettings
-    staging: Path
+    prep: Preprocessing
+    calib: ImageBatch
+    evals: ImageBatch
+    sample: np.ndarray
+    info: DataInfo
+
+    def check_inputs(self, n: int = 64) -> np.ndarray:
+        """Real images for the fold and export checks: from the carried sample, so every class shows up."""
+        return self.prep.normalize(self.evals.pixels[self.sample[:n]])
+
+
+@dataclass(frozen=True)
+class Converted:
+    """BN folded and exported: the folded model, the ONNX every target compiles from, the two self-checks."""
+
+    folded: torch.nn.Module
+    onnx: Path
+    checks: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The PyTorch FP32 reference on the evaluation images and its per-image predictions."""
+
+    reference: Reference
+    predictions: np.ndarray
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What ``build`` returns: the published bundle and its report."""
+
     out: Path
-    options: dict[str, Any] = field(default_factory=dict)  # each target's parsed options, by target name
-    loaded: ckpt.LoadedModel | None = None
-    prep: Preprocessing | None = None
-    calib: ImageBatch | None = None
-    evals: ImageBatch | None = None
-    sample: np.ndarray | None = None  # indices into ``evals`` of the images the bundle carries
-    data_info: dict[str, Any] = field(default_factory=dict)
-    folded: torch.nn.Module | None = None
-    onnx: Path | None = None
-    checks: dict[str, Any] = field(default_factory=dict)
-    reference: dict[str, Any] = field(default_factory=dict)
-    reference_preds: np.ndarray | None = None
-    artifacts: tuple[Artifact, ...] = ()
-    notes: dict[tuple[str, str], str] = field(default_factory=dict)
-    results: tuple[dict[str, Any], ...] = ()
-    stages: tuple[dict[str, Any], ...] = ()
-    report: dict[str, Any] = field(default_factory=dict)
+    report: Report
 
 
-def build(settings: BuildSettings, *, ui: Ui) -> BuildRecord:
+class _Stages:
+    """Times each stage (wall seconds, peak RSS) and guards it (the tests' pause point, disk errors)."""
+
+    def __init__(self) -> None:
+        self.done: list[Stage] = []
+        self.staging, self.out = Path(), Path()
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        with _guarded(name, self.staging, self.out):
+            yield
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        self.done.append(Stage(name, round(time.perf_counter() - t0, 3), round(peak_mb, 1)))
+
+
+def build(settings: BuildSettings, *, ui: Ui) -> BuildResult:
     """Run every stage into a staging folder and publish it as ``settings.out`` when all succeeded."""
     started = time.perf_counter()
     targets = [get_target(name) for name in expand(settings.targets)]
@@ -74,42 +108,56 @@ def build(settings: BuildSettings, *, ui: Ui) -> BuildRecord:
     for target in targets:  # every cheap check before the expensive stages
         target.ensure_available()
         options[target.name] = target.parse_options(settings.target_options)
+    _warn_unused_flags(settings, targets, ui)
+    stage = _Stages()
+    with contextlib.ExitStack() as held:
+        if settings.out is not None:  # checked and locked before any checkpoint or image is read
+            held.enter_context(_claim_out(settings.out, settings, ui))
+        with stage("load"):
+            loaded = load_model_stage(settings, ui)
+        out = settings.out or Path("build") / f"{loaded.arch}-{'-'.join(t.name for t in targets)}"
+        if settings.out is None:  # the default folder is named after the model, so it is claimed once that is known
+            held.enter_context(_claim_out(out, settings, ui))
+        with interrupts.saying(lambda: _nothing_written(out)), bundle_io.staging(out) as staging:
+            stage.staging, stage.out = staging, out
+            with stage("data"):
+                data = data_stage(settings, loaded, ui)
+            with stage("fold"):
+                folded, fold_check = fold_stage(loaded, data, ui)
+            with stage("export"):
+                converted = export_stage(loaded, data, folded, fold_check, staging, ui)
+            with stage("reference"):
+                baseline = reference_stage(loaded, data, ui)
+            artifacts: list[Artifact] = []
+            for target in targets:
+                with stage(f"compile:{target.name}"):
+                    artifacts += compile_stage(target, options[target.name], converted, data, staging, ui)
+            with stage("validate"):
+                results = validate_stage(settings, loaded, data, baseline, artifacts, staging, ui)
+            with _guarded("report", staging, out):
+                report = report_stage(settings, loaded, data, converted, baseline, artifacts, results, stage.done,
+                                      staging, time.perf_counter() - started)
+            with interrupts.critical(done=f"the new bundle was published to --out {out} just before it."):
+                interrupts.test_point("publish")  # a signal here is held back until the bundle is in place
+                bundle_io.publish(staging, out, force=settings.force)
+    ui.info(f"bundle: {out}  report: {out / 'report.md'}")
+    if not report.gate.passed:
+        raise GateFailed(
+            out,
+            "INT8 accuracy gate failed: " + "; ".join(report.gate.failures) +
+            f" (--max-drop {settings.max_drop}). The bundle was written to {out} and its report is marked failed; "
+            "try more or more representative --calib-samples, or raise --max-drop if the drop is acceptable."
+        )
+    return BuildResult(out, report)
+
+
+def _warn_unused_flags(settings: BuildSettings, targets: list[Target], ui: Ui) -> None:
     owners = option_owners()
     for key in settings.target_options:
         takers = owners[key][1] if key in owners else []
         if not any(t.name in takers for t in targets):
             ui.warn(f"--{key.replace('_', '-')} has no effect on --target {', '.join(t.name for t in targets)} "
                     f"(it is a flag of {', '.join(takers) or 'no installed target'}).")
-    with contextlib.ExitStack() as held:
-        if settings.out is not None:  # checked and locked before any checkpoint or image is read
-            held.enter_context(_claim_out(settings.out, settings, ui))
-        rec = _timed(load_model_stage, "load")(BuildRecord(settings, Path(), Path(), options=options), ui)
-        out = settings.out or Path("build") / f"{rec.loaded.arch}-{'-'.join(t.name for t in targets)}"
-        if settings.out is None:  # the default folder is named after the model, so it is claimed once that is known
-            held.enter_context(_claim_out(out, settings, ui))
-        with interrupts.saying(lambda: _nothing_written(out)), bundle_io.staging(out) as staging:
-            rec = replace(rec, staging=staging, out=out)
-            rec = _timed(data_stage, "data")(rec, ui)
-            rec = _timed(fold_stage, "fold")(rec, ui)
-            rec = _timed(export_stage, "export")(rec, ui)
-            rec = _timed(reference_stage, "reference")(rec, ui)
-            for target in targets:
-                rec = _timed(lambda r, u, t=target: compile_stage(r, u, t), f"compile:{target.name}")(rec, ui)
-            rec = _timed(validate_stage, "validate")(rec, ui)
-            with _guarded("report", staging, out):
-                rec = report_stage(rec, time.perf_counter() - started)
-            with interrupts.critical(done=f"the new bundle was published to --out {out} just before it."):
-                interrupts.test_point("publish")  # a signal here is held back until the bundle is in place
-                bundle_io.publish(staging, out, force=settings.force)
-    ui.info(f"bundle: {out}  report: {out / 'report.md'}")
-    if not rec.report["gate"]["passed"]:
-        raise GateFailed(
-            out,
-            "INT8 accuracy gate failed: " + "; ".join(rec.report["gate"]["failures"]) +
-            f" (--max-drop {settings.max_drop}). The bundle was written to {out} and its report is marked failed; "
-            "try more or more representative --calib-samples, or raise --max-drop if the drop is acceptable."
-        )
-    return rec
 
 
 @contextlib.contextmanager
@@ -142,21 +190,9 @@ def _guarded(name: str, staging: Path, out: Path) -> Iterator[None]:
         yield
 
 
-def _timed(stage: Callable[..., BuildRecord], name: str) -> Callable[..., BuildRecord]:
-    def run(rec: BuildRecord, ui: Ui) -> BuildRecord:
-        t0 = time.perf_counter()
-        with _guarded(name, rec.staging, rec.out):
-            new = stage(rec, ui)
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return replace(new, stages=new.stages + ({"name": name, "seconds": round(time.perf_counter() - t0, 3),
-                                                  "peak_rss_mb": round(peak_mb, 1)},))
-    return run
-
-
 # --- stages ----------------------------------------------------------------------------------------
 
-def load_model_stage(rec: BuildRecord, ui: Ui) -> BuildRecord:
-    s = rec.settings
+def load_model_stage(s: BuildSettings, ui: Ui) -> ckpt.LoadedModel:
     if s.checkpoint is not None:
         loaded = ckpt.load_model(s.checkpoint, arch=s.arch, num_classes=s.num_classes)
     elif s.arch is not None:
@@ -170,12 +206,11 @@ def load_model_stage(rec: BuildRecord, ui: Ui) -> BuildRecord:
         loaded = ckpt.load_model(EMBEDDED_MODEL, num_classes=s.num_classes)
         loaded = replace(loaded, source="embedded:" + EMBEDDED_MODEL.name)
     ui.info(f"model: {loaded.arch}, {loaded.num_classes} classes, {loaded.in_channels} channel(s), from {loaded.source}")
-    return replace(rec, loaded=loaded)
+    return loaded
 
 
-def _preprocessing(rec: BuildRecord, class_names: tuple[str, ...]) -> Preprocessing:
+def _preprocessing(s: BuildSettings, loaded: ckpt.LoadedModel, class_names: tuple[str, ...]) -> Preprocessing:
     """Flags win over the checkpoint's own record, which wins over the family's defaults."""
-    s, loaded = rec.settings, rec.loaded
     saved = loaded.meta.get("preprocessing")
     if saved:
         base = Preprocessing.from_dict(saved)
@@ -193,8 +228,7 @@ def _preprocessing(rec: BuildRecord, class_names: tuple[str, ...]) -> Preprocess
     )
 
 
-def data_stage(rec: BuildRecord, ui: Ui) -> BuildRecord:
-    s, loaded = rec.settings, rec.loaded
+def data_stage(s: BuildSettings, loaded: ckpt.LoadedModel, ui: Ui) -> Data:
     eval_src = open_source(s.eval_data, "test", flag="--eval-data")
     # Without --calib-data, calibrate on the evaluation data's own training split, or on the rest of its
     # folder: never on another data set than the one the user pointed at.
@@ -204,7 +238,7 @@ def data_stage(rec: BuildRecord, ui: Ui) -> BuildRecord:
         ui.warn(f"no --calib-data: calibrating on images of --eval-data {s.eval_data} set apart from the "
                 "evaluation images.")
     check_classes(eval_src, loaded.num_classes, flag="--eval-data")
-    prep = _preprocessing(rec, eval_src.class_names)
+    prep = _preprocessing(s, loaded, eval_src.class_names)
     eval_idx = choose(len(eval_src), s.eval_samples, seed=s.seed)
     # Calibration never sees an evaluation image, also when both flags name the same folder.
     exclude = eval_idx if same_images(eval_src, calib_src) else None
@@ -221,60 +255,55 @@ def data_stage(rec: BuildRecord, ui: Ui) -> BuildRecord:
     for name, batch in (("calibration", calib), ("evaluation", evals)):
         if batch.skipped:
             ui.warn(f"{len(batch.skipped)} unreadable {name} image(s) skipped (first: {batch.skipped[0]})")
-    info = {
-        "calibration": {"source": calib_src.name, "count": len(calib), "sha256": calib.digest(),
-                        "skipped": len(calib.skipped), "seed": s.seed + 1},
-        "evaluation": {"source": eval_src.name, "count": len(evals), "skipped": len(evals.skipped), "seed": s.seed},
-    }
+    info = DataInfo(
+        calibration=DataSet(calib_src.name, len(calib), len(calib.skipped), s.seed + 1, calib.digest()),
+        evaluation=DataSet(eval_src.name, len(evals), len(evals.skipped), s.seed),
+    )
     sample = bundle_io.eval_sample_indices(evals.pixels, limit=s.eval_sample_size, seed=s.seed)
-    return replace(rec, prep=prep, calib=calib, evals=evals, sample=sample, data_info=info)
+    return Data(prep, calib, evals, sample, info)
 
 
-def _check_inputs(rec: BuildRecord, n: int = 64) -> np.ndarray:
-    """Real images for the fold and export checks: from the carried sample, so every class shows up."""
-    return rec.prep.normalize(rec.evals.pixels[rec.sample[:n]])
-
-
-def fold_stage(rec: BuildRecord, ui: Ui) -> BuildRecord:
-    folded, count = fold_batchnorm(rec.loaded.model)
-    check = verify_fold(rec.loaded.model, folded, torch.from_numpy(_check_inputs(rec)), count)
+def fold_stage(loaded: ckpt.LoadedModel, data: Data, ui: Ui) -> tuple[torch.nn.Module, FoldCheck]:
+    folded, count = fold_batchnorm(loaded.model)
+    check = verify_fold(loaded.model, folded, torch.from_numpy(data.check_inputs()), count)
     ui.info(f"fold: {count} conv+BN pairs folded, max |diff| {check.max_abs_diff:.2e} ({check.relative:.1e} of scale)")
-    return replace(rec, folded=folded, checks={**rec.checks, "fold": check.to_dict()})
+    return folded, check
 
 
-def export_stage(rec: BuildRecord, ui: Ui) -> BuildRecord:
-    path = rec.staging / bundle_io.MODEL_ONNX
-    metadata = {"resnet_deploy.preprocessing": rec.prep.to_json(), "resnet_deploy.arch": rec.loaded.arch,
-                "resnet_deploy.class_names": list(rec.prep.class_names)}
-    check = export_onnx(rec.folded, path, sample=_check_inputs(rec), metadata=metadata)
-    bundle_io.write_json(rec.staging / bundle_io.PREPROCESSING, rec.prep.to_dict())
+def export_stage(loaded: ckpt.LoadedModel, data: Data, folded: torch.nn.Module, fold_check: FoldCheck,
+                 staging: Path, ui: Ui) -> Converted:
+    path = staging / bundle_io.MODEL_ONNX
+    metadata = {"resnet_deploy.preprocessing": data.prep.to_json(), "resnet_deploy.arch": loaded.arch,
+                "resnet_deploy.class_names": list(data.prep.class_names)}
+    check = export_onnx(folded, path, sample=data.check_inputs(), metadata=metadata)
+    bundle_io.write_json(staging / bundle_io.PREPROCESSING, data.prep.to_dict())
     ui.info(f"export: {path.name} opset {check.opset}, max |diff| vs PyTorch {check.max_abs_diff:.2e}")
-    return replace(rec, onnx=path, checks={**rec.checks, "export": check.to_dict()})
+    return Converted(folded, path, {"fold": fold_check.to_dict(), "export": check.to_dict()})
 
 
-def reference_stage(rec: BuildRecord, ui: Ui) -> BuildRecord:
-    model = rec.loaded.model.eval()
-    inputs = rec.evals.inputs(rec.prep)
+def reference_stage(loaded: ckpt.LoadedModel, data: Data, ui: Ui) -> Baseline:
+    model = loaded.model.eval()
+    inputs = data.evals.inputs(data.prep)
     with torch.inference_mode(), ui.task("reference (PyTorch FP32)", len(inputs)) as bar:
         preds = predict(lambda x: model(torch.from_numpy(x)).numpy(), inputs, batch=256, progress=bar.advance)
-    acc = score(preds, rec.evals.labels, rec.loaded.num_classes)
+    acc = score(preds, data.evals.labels, loaded.num_classes)
     ui.info(f"reference: PyTorch FP32 top-1 {acc.top1:.4f} on {len(inputs)} images")
-    ref = {"framework": "pytorch", "precision": "fp32", **acc.to_dict()}
-    return replace(rec, reference=ref, reference_preds=preds)
+    return Baseline(Reference("pytorch", "fp32", round(acc.top1, 6), tuple(round(v, 6) for v in acc.per_class)),
+                    preds)
 
 
-def compile_stage(rec: BuildRecord, ui: Ui, target) -> BuildRecord:
+def compile_stage(target: Target, options: Any, converted: Converted, data: Data, staging: Path,
+                  ui: Ui) -> list[Artifact]:
     ui.info(f"compile: {target.name} ({target.summary})")
-    inp = CompileInput(rec.onnx, rec.calib.inputs(rec.prep), rec.prep, rec.options.get(target.name))
+    inp = CompileInput(converted.onnx, data.calib.inputs(data.prep), data.prep, options)
     # Quantizers draw their own progress bars on stdout; keep stdout for results (--json).
     sink = open(os.devnull, "w") if ui.quiet else sys.stderr
     try:
         with contextlib.redirect_stdout(sink):
-            artifacts = target.compile(inp, rec.staging)
+            return list(target.compile(inp, staging))
     finally:
         if sink is not sys.stderr:
             sink.close()
-    return replace(rec, artifacts=rec.artifacts + tuple(artifacts))
 
 
 def _artifact_bytes(staging: Path, artifact: Artifact) -> int:
@@ -282,33 +311,33 @@ def _artifact_bytes(staging: Path, artifact: Artifact) -> int:
     return sum((staging / p).stat().st_size for p in paths)
 
 
-def validate_stage(rec: BuildRecord, ui: Ui) -> BuildRecord:
-    s = rec.settings
-    inputs = rec.evals.inputs(rec.prep)
-    one = inputs[:1]
+def validate_stage(s: BuildSettings, loaded: ckpt.LoadedModel, data: Data, baseline: Baseline,
+                   artifacts: list[Artifact], staging: Path, ui: Ui) -> tuple[ResultRow, ...]:
+    inputs = data.evals.inputs(data.prep)
+    labels = data.evals.labels
     rows = []
-    for artifact in rec.artifacts:
-        target = get_target(artifact.target)
-        runner = target.load(artifact, rec.staging, threads=s.threads)
+    for artifact in artifacts:
+        runner = get_target(artifact.target).load(artifact, staging, threads=s.threads)
         label = f"{artifact.target} {artifact.precision}"
         with ui.task(f"evaluate {label}", len(inputs)) as bar:
             preds = predict(runner.run, inputs, progress=bar.advance)
-        acc = score(preds, rec.evals.labels, rec.loaded.num_classes, reference=rec.reference_preds)
-        lat = measure(runner.run, one, s.latency)
-        row = {"target": artifact.target, "precision": artifact.precision, "runtime": artifact.runtime,
-               "simulated": artifact.simulated, "runner": runner.description, **acc.to_dict(), **lat.to_dict(),
-               "artifact": artifact.path, "bytes": _artifact_bytes(rec.staging, artifact),
-               # top-1 on the images the bundle carries, so `bench` on the device compares like with like
-               "sample_top1": round(float((preds[rec.sample] == rec.evals.labels[rec.sample]).mean()), 6),
-               "samples_ms": [round(v, 4) for v in lat.samples_ms[:1000]]}  # for the HTML report's plots
-        if artifact.details:
-            row["details"] = dict(artifact.details)
-        if artifact.note:
-            row["note"] = artifact.note
+        acc = score(preds, labels, loaded.num_classes, reference=baseline.predictions)
+        lat = measure(runner.run, inputs[:1], s.latency)
+        rows.append(ResultRow(
+            target=artifact.target, precision=artifact.precision, runtime=artifact.runtime,
+            simulated=artifact.simulated, runner=runner.description, top1=round(acc.top1, 6),
+            per_class_top1=tuple(round(v, 6) for v in acc.per_class),
+            agreement=None if acc.agreement is None else round(acc.agreement, 6), batch=lat.batch,
+            iterations=lat.iterations, throughput_ips=round(lat.throughput_ips, 2),
+            latency_ms=Latency(*(round(v, 4) for v in (lat.p50, lat.p90, lat.p99, lat.mean, lat.min))),
+            artifact=artifact.path, bytes=_artifact_bytes(staging, artifact),
+            # top-1 on the images the bundle carries, so `bench` on the device compares like with like
+            sample_top1=round(float((preds[data.sample] == labels[data.sample]).mean()), 6),
+            samples_ms=tuple(round(v, 4) for v in lat.samples_ms[:1000]),
+            details=dict(artifact.details), note=artifact.note))
         ui.info(f"validate: {label:22s} top-1 {acc.top1:.4f} agreement {acc.agreement:.4f} "
                 f"p50 {lat.p50:.3f} ms ({runner.description})")
-        rows.append(row)
-    return replace(rec, results=tuple(rows))
+    return tuple(rows)
 
 
 def _versions() -> dict[str, str]:
@@ -325,35 +354,27 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def report_stage(rec: BuildRecord, wall: float) -> BuildRecord:
-    s, loaded = rec.settings, rec.loaded
-    results = [dict(r) for r in rec.results]
-    g = gate(rec.reference["top1"], results, s.max_drop)
-    bundle_io.save_eval_sample(rec.staging / bundle_io.EVAL_SAMPLE, rec.evals.pixels[rec.sample],
-                               rec.evals.labels[rec.sample], rec.prep.class_names)
-    report = {
-        "schema": SCHEMA,
-        "status": "passed" if g["passed"] else "failed",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {"arch": loaded.arch, "num_classes": loaded.num_classes, "input_shape": list(rec.prep.shape),
-                  "source": loaded.source, "shortcut": loaded.shortcut,
-                  "parameters": int(sum(p.numel() for p in loaded.model.parameters()))},
-        "preprocessing": rec.prep.to_dict(),
-        "data": rec.data_info,
-        "reference": rec.reference,
-        "results": results,
-        "gate": g,
-        "checks": rec.checks,
-        "stages": list(rec.stages),
-        "commands": {k: v for a in rec.artifacts for k, v in a.commands.items()},
-        "host": {"cpu": cpu_name(), "platform": platform.platform(), "python": sys.version.split()[0]},
-        "wall_seconds": round(wall, 2),
-        "artifacts": [a.to_dict() for a in rec.artifacts],
-    }
-    bundle_io.write_json(rec.staging / bundle_io.REPORT_JSON, report)
-    (rec.staging / "report.md").write_text(render_markdown(report))
-    (rec.staging / "report.html").write_text(render_html(report))
-    bundle_io.write_manifest(rec.staging, versions=_versions(), args=s.to_args(), seed=s.seed,
-                             calibration={"count": rec.data_info["calibration"]["count"],
-                                          "sha256": rec.data_info["calibration"]["sha256"]})
-    return replace(rec, report=report)
+def report_stage(s: BuildSettings, loaded: ckpt.LoadedModel, data: Data, converted: Converted, baseline: Baseline,
+                 artifacts: list[Artifact], results: tuple[ResultRow, ...], stages: list[Stage], staging: Path,
+                 wall: float) -> Report:
+    g = gate(baseline.reference.top1, results, s.max_drop)
+    bundle_io.save_eval_sample(staging / bundle_io.EVAL_SAMPLE, data.evals.pixels[data.sample],
+                               data.evals.labels[data.sample], data.prep.class_names)
+    report = Report(
+        status="passed" if g.passed else "failed",
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        model=ModelInfo(loaded.arch, loaded.num_classes, tuple(data.prep.shape), loaded.source, loaded.shortcut,
+                        int(sum(p.numel() for p in loaded.model.parameters()))),
+        preprocessing=data.prep.to_dict(), data=data.info, reference=baseline.reference, results=results, gate=g,
+        checks=converted.checks, stages=tuple(stages),
+        commands={k: v for a in artifacts for k, v in a.commands.items()},
+        host=Host(cpu_name(), platform.platform(), sys.version.split()[0]), wall_seconds=round(wall, 2),
+        artifacts=tuple(artifacts),
+    )
+    bundle_io.write_json(staging / bundle_io.REPORT_JSON, report.to_json())
+    (staging / "report.md").write_text(render_markdown(report))
+    (staging / "report.html").write_text(render_html(report))
+    bundle_io.write_manifest(staging, versions=_versions(), args=s.to_args(), seed=s.seed,
+                             calibration={"count": data.info.calibration.count,
+                                          "sha256": data.info.calibration.sha256})
+    return report

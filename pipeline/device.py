@@ -20,6 +20,7 @@ from resnet_deploy.pipeline import bundle as bundle_io
 from resnet_deploy.pipeline import out_lock
 from resnet_deploy.pipeline.evaluate import predict, score
 from resnet_deploy.pipeline.latency import LatencySettings, measure
+from resnet_deploy.pipeline.records import Report
 from resnet_deploy.targets import Artifact, Runner, get_target, list_targets, runtimes
 
 _PRECISION_ORDER = ("int8", "fp16", "fp32")
@@ -30,7 +31,7 @@ class LoadedBundle:
     path: Path
     prep: Preprocessing
     artifacts: tuple[Artifact, ...]
-    report: dict[str, Any]
+    report: Report
 
 
 def open_bundle(path: Path, *, check_hashes: bool = True, device_records: bool = True) -> LoadedBundle:
@@ -46,10 +47,10 @@ def open_bundle(path: Path, *, check_hashes: bool = True, device_records: bool =
     manifest = bundle_io.verify_bundle(path, check_hashes=check_hashes, skip_device_files=not device_records)
     bundle_io.require_listed(path, manifest, (bundle_io.REPORT_JSON, bundle_io.PREPROCESSING, bundle_io.EVAL_SAMPLE))
     try:
-        report = json.loads((path / bundle_io.REPORT_JSON).read_text())
+        report = Report.from_json(json.loads((path / bundle_io.REPORT_JSON).read_text()))
         prep = Preprocessing.from_dict(json.loads((path / bundle_io.PREPROCESSING).read_text()),
                                        origin=bundle_io.PREPROCESSING)
-        artifacts = tuple(Artifact.from_dict(a) for a in report.get("artifacts", []))
+        artifacts = report.artifacts
         device: tuple[Artifact, ...] = ()
         if device_records and bundle_io.DEVICE_ARTIFACTS in manifest["files"]:  # engines built by device-build
             device = tuple(Artifact.from_dict(a) for a in json.loads((path / bundle_io.DEVICE_ARTIFACTS).read_text()))
@@ -223,7 +224,7 @@ def bench(b: LoadedBundle, runner: Runner, artifact: Artifact, *, batches: Seque
                               "latency": rows}
     if accuracy:
         acc = score(predict(runner.run, inputs), labels, len(names))
-        built = next((r for r in b.report.get("results", []) if r["artifact"] == artifact.path), None)
+        built = next((r for r in b.report.results if r.artifact == artifact.path), None)
         result["accuracy"] = {"images": len(labels), "top1": round(acc.top1, 6),
-                              "build_top1_same_images": built.get("sample_top1") if built else None}
+                              "build_top1_same_images": built.sample_top1 if built else None}
     return result

@@ -15,6 +15,7 @@ import math
 from html import escape
 from typing import Any, Callable
 
+from resnet_deploy.pipeline.records import Reference, Report, ResultRow, Stage
 from resnet_deploy.pipeline.report import describe_checks
 
 # One colour per precision, the same in every plot.
@@ -47,22 +48,20 @@ code{background:#f1f3f5;padding:0 3px;border-radius:3px}
 """
 
 
-def render_html(report: dict[str, Any]) -> str:
-    """The report dict written by the build's report stage as a self-contained HTML document."""
+def render_html(report: Report) -> str:
+    """The build's report as a self-contained HTML document."""
     try:
         import matplotlib  # noqa: F401  (lazy: the device path must import this module without it)
     except ImportError:
         plot = None
     else:
         plot = _png
-    results = list(report.get("results", []))
-    ref = report.get("reference", {})
-    model = report.get("model", {})
-    g = report.get("gate", {"passed": report.get("status") == "passed", "failures": []})
-    status = "passed" if g.get("passed") else "failed"
-    classes = list(report.get("preprocessing", {}).get("class_names", []))
+    results = list(report.results)
+    ref = report.reference
+    status = "passed" if report.gate.passed else "failed"
+    classes = list(report.preprocessing.get("class_names", []))
 
-    parts = [_header(report, model, ref, g, status)]
+    parts = [_header(report, status)]
     parts.append(_section("results", "Results per target", _results_table(results, ref)))
     if plot is None:
         parts.append('<p class="note">Plots are missing: matplotlib is not installed '
@@ -70,8 +69,8 @@ def render_html(report: dict[str, Any]) -> str:
     else:
         parts.append(_section("accuracy", "Top-1: FP32 vs INT8", _figure(plot, _accuracy_plot, results, ref,
                               caption="Dashed line: the PyTorch FP32 reference every INT8 row is gated against.")))
-        sampled = any(r.get("samples_ms") for r in results)
-        batches = sorted({r["batch"] for r in results if "batch" in r})
+        sampled = any(r.samples_ms for r in results)
+        batches = sorted({r.batch for r in results})
         lat_title = "Latency distribution" + (f" (batch {', '.join(map(str, batches))})" if batches else "")
         parts.append(_section("latency", lat_title, _figure(
             plot, _latency_plot, results,
@@ -79,9 +78,9 @@ def render_html(report: dict[str, Any]) -> str:
                      if sampled else "p50, p90 and p99 of the per-call wall time; raw samples were not recorded."))))
         parts.append(_section("sizes", "Model sizes", _figure(plot, _size_plot, results)))
     parts.append(_section("per-class", "Per-class top-1: FP32 vs INT8", _per_class(plot, results, ref, classes)))
-    parts.append(_section("stages", "Build stages", _stages(plot, report.get("stages", []))))
+    parts.append(_section("stages", "Build stages", _stages(plot, list(report.stages))))
     parts.append(_section("checks", "Checks", _checks(report)))
-    title = f"resnet-deploy report: {model.get('arch', 'model')} ({status})"
+    title = f"resnet-deploy report: {report.model.arch} ({status})"
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         # No network: only inline styles and data: images may load.
@@ -99,93 +98,87 @@ def _section(ident: str, title: str, body: str) -> str:
     return f'<section id="{ident}"><h2>{escape(title)}</h2>\n{body}\n</section>'
 
 
-def _header(report: dict, model: dict, ref: dict, g: dict, status: str) -> str:
-    data = report.get("data", {})
+def _header(report: Report, status: str) -> str:
+    model, data, host = report.model, report.data, report.host
     facts = [
-        ("model", f"{model.get('arch', '?')}, {model.get('num_classes', '?')} classes, input "
-                  f"{'x'.join(map(str, model.get('input_shape', [])))}, from {model.get('source', '?')}"),
-        ("reference", f"PyTorch FP32 top-1 {_pct(ref.get('top1'))}"),
-        ("gate", f"INT8 at most {g.get('max_drop', '?')} points below the reference: {status.upper()}"),
+        ("model", f"{model.arch}, {model.num_classes} classes, input "
+                  f"{'x'.join(map(str, model.input_shape))}, from {model.source}"),
+        ("reference", f"PyTorch FP32 top-1 {_pct(report.reference.top1)}"),
+        ("gate", f"INT8 at most {report.gate.max_drop} points below the reference: {status.upper()}"),
+        ("calibration", f"{data.calibration.count} images from {data.calibration.source}"),
+        ("evaluation", f"{data.evaluation.count} images from {data.evaluation.source}"),
+        ("host", f"{host.cpu} ({host.platform})"),
+        ("created", report.created),
+        ("build time", f"{report.wall_seconds:.1f} s"),
     ]
-    for key in ("calibration", "evaluation"):
-        if key in data:
-            facts.append((key, f"{data[key].get('count', '?')} images from {data[key].get('source', '?')}"))
-    host = report.get("host", {})
-    if host:
-        facts.append(("host", f"{host.get('cpu', '?')} ({host.get('platform', '')})"))
-    if "created" in report:
-        facts.append(("created", str(report["created"])))
-    if "wall_seconds" in report:
-        facts.append(("build time", f"{report['wall_seconds']:.1f} s"))
     dl = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in facts)
-    failures = "".join(f'<div class="failure">Gate failure: {escape(f)}</div>' for f in g.get("failures", []))
-    return (f'<header><h1>resnet-deploy report: {escape(str(model.get("arch", "model")))} '
+    failures = "".join(f'<div class="failure">Gate failure: {escape(f)}</div>' for f in report.gate.failures)
+    return (f'<header><h1>resnet-deploy report: {escape(model.arch)} '
             f'<span class="badge {status}">{status.upper()}</span></h1>\n<dl class="facts">{dl}</dl>{failures}</header>')
 
 
-def _results_table(results: list[dict], ref: dict) -> str:
+def _results_table(results: list[ResultRow], ref: Reference) -> str:
     head = ("<tr><th class=l>target</th><th class=l>precision</th><th class=l>runtime</th><th>top-1</th>"
             "<th>drop (pts)</th><th>agreement</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>img/s</th>"
             "<th>size</th><th class=l>runner</th></tr>")
     rows = []
     for r in results:
-        lat = r.get("latency_ms") or {}
-        drop = None if r.get("top1") is None or ref.get("top1") is None else (ref["top1"] - r["top1"]) * 100
-        sim = " (simulated on CPU)" if r.get("simulated") else ""
+        lat = r.latency_ms
+        drop = (ref.top1 - r.top1) * 100
+        sim = " (simulated on CPU)" if r.simulated else ""
         rows.append(
-            f'<tr class="{escape(str(r.get("precision", "")))}"><td class=l>{escape(str(r.get("target", "")))}</td>'
-            f'<td class="l wrap">{escape(str(r.get("precision", "")))}{escape(sim)}</td>'
-            f'<td class=l>{escape(str(r.get("runtime", "")))}</td><td>{_pct(r.get("top1"))}</td>'
-            f'<td>{"-" if drop is None else f"{drop:+.2f}"}</td><td>{_pct(r.get("agreement"))}</td>'
-            f'<td>{_ms(lat.get("p50"))}</td><td>{_ms(lat.get("p90"))}</td><td>{_ms(lat.get("p99"))}</td>'
-            f'<td>{_num(r.get("throughput_ips"), "{:.0f}")}</td><td>{_size(r.get("bytes"))}</td>'
-            f'<td class="l wrap">{escape(str(r.get("runner", "")))}</td></tr>'
+            f'<tr class="{escape(r.precision)}"><td class=l>{escape(r.target)}</td>'
+            f'<td class="l wrap">{escape(r.precision)}{escape(sim)}</td>'
+            f'<td class=l>{escape(r.runtime)}</td><td>{_pct(r.top1)}</td>'
+            f'<td>{drop:+.2f}</td><td>{_pct(r.agreement)}</td>'
+            f'<td>{_ms(lat.p50)}</td><td>{_ms(lat.p90)}</td><td>{_ms(lat.p99)}</td>'
+            f'<td>{_num(r.throughput_ips, "{:.0f}")}</td><td>{_size(r.bytes)}</td>'
+            f'<td class="l wrap">{escape(r.runner)}</td></tr>'
         )
-    notes = "".join(f"<li>{escape(str(r.get('target')))} {escape(str(r.get('precision')))}: {escape(str(r['note']))}</li>"
-                    for r in results if r.get("note"))
+    notes = "".join(f"<li>{escape(r.target)} {escape(r.precision)}: {escape(r.note)}</li>"
+                    for r in results if r.note)
     table = f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>'
     return table + (f'<ul class="note">{notes}</ul>' if notes else "")
 
 
-def _per_class(plot, results: list[dict], ref: dict, classes: list[str]) -> str:
-    rows = [r for r in results if r.get("per_class_top1")]
+def _per_class(plot, results: list[ResultRow], ref: Reference, classes: list[str]) -> str:
+    rows = [r for r in results if r.per_class_top1]
     if not rows:
         return '<p class="note">No per-class figures in this report.</p>'
-    n = len(rows[0]["per_class_top1"])
+    n = len(rows[0].per_class_top1)
     names = classes if len(classes) == n else [str(i) for i in range(n)]
     body = _figure(plot, _per_class_plot, rows, ref, names) if plot else ""
     if n > _MAX_CLASS_BARS:
         return body + f'<p class="note">{n} classes: the table is left out; the plot shows every class.</p>'
     head = "<tr><th class=l>row</th>" + "".join(f"<th>{escape(c)}</th>" for c in names) + "</tr>"
     lines = []
-    if ref.get("per_class_top1"):
+    if ref.per_class_top1:
         lines.append("<tr><td class=l>PyTorch fp32 (reference)</td>"
-                     + "".join(f"<td>{_pct(v)}</td>" for v in ref["per_class_top1"]) + "</tr>")
-    fp32 = {r["target"]: r["per_class_top1"] for r in rows if r.get("precision") == "fp32"}
+                     + "".join(f"<td>{_pct(v)}</td>" for v in ref.per_class_top1) + "</tr>")
+    fp32 = {r.target: r.per_class_top1 for r in rows if r.precision == "fp32"}
     for r in rows:
-        base = fp32.get(r.get("target")) if r.get("precision") != "fp32" else None
+        base = fp32.get(r.target) if r.precision != "fp32" else None
         cells = []
-        for i, v in enumerate(r["per_class_top1"]):
+        for i, v in enumerate(r.per_class_top1):
             # Mark a class that lost more than 5 points against the same target's FP32.
             worse = base is not None and _finite(v) and _finite(base[i]) and base[i] - v > 0.05
             cells.append(f'<td{" class=bad" if worse else ""}>{_pct(v)}</td>')
-        lines.append(f"<tr><td class=l>{escape(_label(r))}</td>{''.join(cells)}</tr>")
+        lines.append(f"<tr><td class=l>{escape(r.label)}</td>{''.join(cells)}</tr>")
     return body + f'<div class="scroll"><table>{head}{"".join(lines)}</table></div>'
 
 
-def _stages(plot, stages: list[dict]) -> str:
+def _stages(plot, stages: list[Stage]) -> str:
     if not stages:
         return '<p class="note">No stage timings in this report.</p>'
-    rows = "".join(f"<tr><td class=l>{escape(str(s.get('name')))}</td><td>{_num(s.get('seconds'), '{:.2f}')}</td>"
-                   f"<td>{_num(s.get('peak_rss_mb'), '{:.0f}')}</td></tr>" for s in stages)
+    rows = "".join(f"<tr><td class=l>{escape(s.name)}</td><td>{_num(s.seconds, '{:.2f}')}</td>"
+                   f"<td>{_num(s.peak_rss_mb, '{:.0f}')}</td></tr>" for s in stages)
     table = f"<table><tr><th class=l>stage</th><th>seconds</th><th>peak RSS MB</th></tr>{rows}</table>"
     return (_figure(plot, _stages_plot, stages) if plot else "") + table
 
 
-def _checks(report: dict) -> str:
-    checks = report.get("checks", {})
-    items = describe_checks(checks)
-    for name, cmd in report.get("commands", {}).items():
+def _checks(report: Report) -> str:
+    items = describe_checks(report.checks)
+    for name, cmd in report.commands.items():
         items.append(f"device command {name}: {cmd}")
     if not items:
         return '<p class="note">No checks recorded.</p>'
@@ -218,30 +211,29 @@ def _png(draw: Callable, *args: Any) -> str | None:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _accuracy_plot(fig, results: list[dict], ref: dict) -> bool:
-    rows = [r for r in results if r.get("top1") is not None]
+def _accuracy_plot(fig, results: list[ResultRow], ref: Reference) -> bool:
+    rows = results
     if not rows:
         return False
-    targets = list(dict.fromkeys(r["target"] for r in rows))
-    precisions = list(dict.fromkeys(r["precision"] for r in rows))
+    targets = list(dict.fromkeys(r.target for r in rows))
+    precisions = list(dict.fromkeys(r.precision for r in rows))
     ax = fig.add_subplot()
     width = 0.8 / len(precisions)
     labelled: set[str] = set()
     for j, prec in enumerate(precisions):
         for i, t in enumerate(targets):
-            row = next((r for r in rows if r["target"] == t and r["precision"] == prec), None)
+            row = next((r for r in rows if r.target == t and r.precision == prec), None)
             if row is None:
                 continue
             x = i + (j - (len(precisions) - 1) / 2) * width
-            v = row["top1"] * 100
-            hatch = "//" if row.get("simulated") else None
+            v = row.top1 * 100
+            hatch = "//" if row.simulated else None
             ax.bar(x, v, width * 0.95, color=_COLOURS.get(prec, "#999999"), hatch=hatch,
                    label=None if prec in labelled else prec)
             labelled.add(prec)
             ax.annotate(f"{v:.1f}", (x, v), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
                         textcoords="offset points")
-    if ref.get("top1") is not None:
-        ax.axhline(ref["top1"] * 100, color=_REFERENCE_COLOUR, ls="--", lw=1, label="PyTorch FP32")
+    ax.axhline(ref.top1 * 100, color=_REFERENCE_COLOUR, ls="--", lw=1, label="PyTorch FP32")
     ax.set_xticks(range(len(targets)), targets)
     ax.set_ylabel("top-1 (%)")
     ax.set_ylim(0, 105)
@@ -250,8 +242,8 @@ def _accuracy_plot(fig, results: list[dict], ref: dict) -> bool:
     return True
 
 
-def _latency_plot(fig, results: list[dict]) -> bool:
-    rows = [r for r in results if r.get("latency_ms") or r.get("samples_ms")]
+def _latency_plot(fig, results: list[ResultRow]) -> bool:
+    rows = results
     if not rows:
         return False
     fig.set_size_inches(9.6, 0.55 * len(rows) + 1.4)
@@ -259,8 +251,8 @@ def _latency_plot(fig, results: list[dict]) -> bool:
     ys = list(range(len(rows)))[::-1]  # first row on top
     lo, hi = math.inf, 0.0
     for y, r in zip(ys, rows):
-        colour = _COLOURS.get(r.get("precision"), "#999999")
-        samples = [s for s in r.get("samples_ms") or [] if _finite(s)]
+        colour = _COLOURS.get(r.precision, "#999999")
+        samples = [s for s in r.samples_ms if _finite(s)]
         if samples:
             style = dict(positions=[y], whis=(1, 99), widths=0.5, showfliers=False, patch_artist=True,
                          boxprops={"facecolor": colour, "alpha": 0.35, "edgecolor": colour},
@@ -270,14 +262,15 @@ def _latency_plot(fig, results: list[dict]) -> bool:
             except TypeError:
                 ax.boxplot([samples], vert=False, **style)
             lo, hi = min(lo, min(samples)), max(hi, max(samples))
-        lat = r.get("latency_ms") or {}
         for key, marker in _PERCENTILE_MARKERS:
-            if _finite(lat.get(key)):
-                ax.plot(lat[key], y, marker=marker, color=colour, ms=6, ls="none", markeredgecolor="black",
+            value = getattr(r.latency_ms, key)
+            if _finite(value):
+                ax.plot(value, y, marker=marker, color=colour, ms=6, ls="none", markeredgecolor="black",
                         markeredgewidth=0.5)
-                lo, hi = min(lo, lat[key]), max(hi, lat[key])
-        if _finite(lat.get("p50")):
-            ax.annotate(f"{lat['p50']:.2f} ms", (lat["p50"], y), xytext=(0, 7), textcoords="offset points",
+                lo, hi = min(lo, value), max(hi, value)
+        p50 = r.latency_ms.p50
+        if _finite(p50):
+            ax.annotate(f"{p50:.2f} ms", (p50, y), xytext=(0, 7), textcoords="offset points",
                         ha="center", fontsize=8)
     if hi > 0 and lo > 0 and hi / lo > 8:
         from matplotlib.ticker import FuncFormatter, LogLocator
@@ -286,7 +279,7 @@ def _latency_plot(fig, results: list[dict]) -> bool:
         ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-    ax.set_yticks(ys, [_label(r) for r in rows])
+    ax.set_yticks(ys, [r.label for r in rows])
     ax.set_ylim(min(ys) - 0.7, max(ys) + 0.7)
     ax.set_xlabel("ms per call")
     ax.grid(axis="x", alpha=0.3, which="both")
@@ -298,50 +291,50 @@ def _latency_plot(fig, results: list[dict]) -> bool:
     return True
 
 
-def _size_plot(fig, results: list[dict]) -> bool:
-    rows = [r for r in results if r.get("bytes")]
+def _size_plot(fig, results: list[ResultRow]) -> bool:
+    rows = [r for r in results if r.bytes]
     if not rows:
         return False
     fig.set_size_inches(9.6, 0.45 * len(rows) + 1.2)
     ax = fig.add_subplot()
     ys = list(range(len(rows)))[::-1]
-    mb = [r["bytes"] / 1e6 for r in rows]
-    ax.barh(ys, mb, color=[_COLOURS.get(r.get("precision"), "#999999") for r in rows], height=0.6)
+    mb = [r.bytes / 1e6 for r in rows]
+    ax.barh(ys, mb, color=[_COLOURS.get(r.precision, "#999999") for r in rows], height=0.6)
     for y, v in zip(ys, mb):
         ax.annotate(f"{v:.2f} MB", (v, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
-    ax.set_yticks(ys, [_label(r) for r in rows])
+    ax.set_yticks(ys, [r.label for r in rows])
     ax.set_xlabel("MB on disk")
     ax.set_xlim(0, max(mb) * 1.18)
     ax.grid(axis="x", alpha=0.3)
     return True
 
 
-def _per_class_plot(fig, rows: list[dict], ref: dict, names: list[str]) -> bool:
-    targets = list(dict.fromkeys(r["target"] for r in rows))
+def _per_class_plot(fig, rows: list[ResultRow], ref: Reference, names: list[str]) -> bool:
+    targets = list(dict.fromkeys(r.target for r in rows))
     n = len(names)
     fig.set_size_inches(9.6, 2.3 * len(targets) + 0.8)
     axes = fig.subplots(len(targets), 1, squeeze=False, sharex=True)[:, 0]
     for ax, t in zip(axes, targets):
-        mine = [r for r in rows if r["target"] == t]
+        mine = [r for r in rows if r.target == t]
         if n <= _MAX_CLASS_BARS:
             width = 0.8 / len(mine)
             for j, r in enumerate(mine):
                 xs = [i + (j - (len(mine) - 1) / 2) * width for i in range(n)]
-                vals = [v * 100 if _finite(v) else 0.0 for v in r["per_class_top1"]]
-                ax.bar(xs, vals, width * 0.95, color=_COLOURS.get(r["precision"], "#999999"), label=r["precision"])
-            if ref.get("per_class_top1"):
-                ax.plot(range(n), [v * 100 if _finite(v) else math.nan for v in ref["per_class_top1"]],
+                vals = [v * 100 if _finite(v) else 0.0 for v in r.per_class_top1]
+                ax.bar(xs, vals, width * 0.95, color=_COLOURS.get(r.precision, "#999999"), label=r.precision)
+            if ref.per_class_top1:
+                ax.plot(range(n), [v * 100 if _finite(v) else math.nan for v in ref.per_class_top1],
                         ls="none", marker="_", ms=14, color=_REFERENCE_COLOUR, label="PyTorch FP32")
             ax.set_ylim(0, 105)
             ax.set_ylabel("top-1 (%)")
         else:
             # Too many classes for bars: each row's per-class change against the reference, sorted.
-            base = ref.get("per_class_top1")
+            base = ref.per_class_top1
             for r in mine:
                 if not base:
                     break
-                delta = sorted((v - b) * 100 for v, b in zip(r["per_class_top1"], base) if _finite(v) and _finite(b))
-                ax.plot(delta, color=_COLOURS.get(r["precision"], "#999999"), label=r["precision"])
+                delta = sorted((v - b) * 100 for v, b in zip(r.per_class_top1, base) if _finite(v) and _finite(b))
+                ax.plot(delta, color=_COLOURS.get(r.precision, "#999999"), label=r.precision)
             ax.axhline(0, color=_REFERENCE_COLOUR, lw=0.8)
             ax.set_ylabel("points vs FP32")
         ax.set_title(t, fontsize=10, loc="left")
@@ -355,17 +348,17 @@ def _per_class_plot(fig, rows: list[dict], ref: dict, names: list[str]) -> bool:
     return True
 
 
-def _stages_plot(fig, stages: list[dict]) -> bool:
+def _stages_plot(fig, stages: list[Stage]) -> bool:
     fig.set_size_inches(9.6, 0.4 * len(stages) + 1.2)
     ax = fig.add_subplot()
     ys = list(range(len(stages)))[::-1]
-    secs = [float(s.get("seconds") or 0.0) for s in stages]
+    secs = [s.seconds for s in stages]
     ax.barh(ys, secs, color="#4C72B0", height=0.6)
     for y, s, st in zip(ys, secs, stages):
-        rss = st.get("peak_rss_mb")
+        rss = st.peak_rss_mb
         text = f"{s:.2f} s" + (f"  ({rss:.0f} MB peak)" if _finite(rss) else "")
         ax.annotate(text, (s, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
-    ax.set_yticks(ys, [str(s.get("name")) for s in stages])
+    ax.set_yticks(ys, [s.name for s in stages])
     ax.set_xlabel("seconds")
     ax.set_xlim(0, max(max(secs), 1e-3) * 1.3)
     ax.grid(axis="x", alpha=0.3)
@@ -376,10 +369,6 @@ def _stages_plot(fig, stages: list[dict]) -> bool:
 
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _label(r: dict) -> str:
-    return f"{r.get('target')} {r.get('precision')}" + (" (sim)" if r.get("simulated") else "")
 
 
 def _pct(v: Any) -> str:

@@ -242,7 +242,7 @@ def build(ui: Ui, targets, checkpoint, arch, num_classes, input_size, mean, std,
             click.echo((Path(err.out) / "report.json").read_text())
         raise
     if as_json:
-        click.echo(json.dumps(record.report, indent=2))
+        click.echo(json.dumps(record.report.to_json(), indent=2))
     else:
         _print_summary(ui, record.report, record.out)
 
@@ -257,20 +257,19 @@ def _quiet_libraries(ui: Ui) -> None:
         logging.getLogger(name).setLevel(logging.ERROR if ui.quiet else logging.WARNING)
 
 
-def _print_summary(ui: Ui, report: dict, out: Path) -> None:
+def _print_summary(ui: Ui, report, out: Path) -> None:
     from rich.table import Table
 
-    ref = report["reference"]
-    table = Table(title=f"{report['model']['arch']}: PyTorch FP32 top-1 {ref['top1'] * 100:.2f}%")
+    table = Table(title=f"{report.model.arch}: PyTorch FP32 top-1 {report.reference.top1 * 100:.2f}%")
     for col in ("target", "precision", "top-1", "agreement", "p50 ms", "p99 ms", "img/s"):
         table.add_column(col, justify="left" if col in ("target", "precision") else "right")
-    for r in report["results"]:
-        table.add_row(r["target"], r["precision"] + (" (sim)" if r.get("simulated") else ""), f"{r['top1'] * 100:.2f}%",
-                      f"{r['agreement'] * 100:.2f}%", f"{r['latency_ms']['p50']:.3f}", f"{r['latency_ms']['p99']:.3f}",
-                      f"{r['throughput_ips']:.0f}")
+    for r in report.results:
+        agreement = "-" if r.agreement is None else f"{r.agreement * 100:.2f}%"
+        table.add_row(r.target, r.precision + (" (sim)" if r.simulated else ""), f"{r.top1 * 100:.2f}%", agreement,
+                      f"{r.latency_ms.p50:.3f}", f"{r.latency_ms.p99:.3f}", f"{r.throughput_ips:.0f}")
     if not ui.quiet:
         ui.console.print(table)
-    click.echo(f"{'passed' if report['gate']['passed'] else 'FAILED'}: bundle {out}, report {out / 'report.md'}")
+    click.echo(f"{'passed' if report.gate.passed else 'FAILED'}: bundle {out}, report {out / 'report.md'}")
 
 
 def _batches(ctx, param, value):
@@ -390,15 +389,16 @@ def targets() -> None:
     """List the deployment targets: can they build here, and are their runtimes present."""
     from resnet_deploy.targets import broken, get_target, list_targets
 
+    width = max(len(n) for n in [*list_targets(), *broken])
     for name in list_targets():
         t = get_target(name)
         missing = t.missing()
         build_state = "builds here" if not missing else f"to build: pip install {' '.join(missing)}"
         present = [rt.name for rt in t.runtimes if rt.present()]
         run_state = f"runtime present: {', '.join(present)}" if present else "no runtime present"
-        click.echo(f"{name:12s} {t.summary}  [{build_state}; {run_state}]")
+        click.echo(f"{name:{width}s}  {t.summary}  [{build_state}; {run_state}]")
     for name, why in broken.items():
-        click.echo(f"{name:12s} BROKEN plug-in, not loaded: {why}")
+        click.echo(f"{name:{width}s}  BROKEN plug-in, not loaded: {why}")
 
 
 @main.command("device-build")

@@ -53,10 +53,9 @@ def check(args: argparse.Namespace) -> tuple[dict, bool]:
     latency = LatencySettings(warmup=5, min_iterations=20, max_iterations=2000, min_seconds=args.seconds)
     result = device.bench(b, runner, artifact, batches=batches, latency=latency)
 
-    simulated = next((r for r in b.report.get("results", [])
-                      if r["target"] == cfg.target and r.get("simulated")), None)
+    simulated = next((r for r in b.report.results if r.target == cfg.target and r.simulated), None)
     top1 = result["accuracy"]["top1"]
-    reference = simulated.get("sample_top1") if simulated else None
+    reference = simulated.sample_top1 if simulated else None
     drop = None if reference is None else round((reference - top1) * 100, 3)
     passed = drop is None or drop <= args.max_drop
     result.update({"gpu": {"name": gpu.name, "compute_capability": list(gpu.compute_capability)},

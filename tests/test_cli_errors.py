@@ -14,6 +14,7 @@ from PIL import Image
 
 from resnet_deploy.cli import main
 from resnet_deploy.models import build_model
+from resnet_deploy.pipeline.records import Gate
 
 
 def run(*args: str):
@@ -164,8 +165,8 @@ def test_missing_runtime_names_the_package(monkeypatch, out):
 def test_gate_failure_writes_a_failed_report_and_exits_non_zero(monkeypatch, tmp_path, fashion_mnist):
     from resnet_deploy.pipeline import build as build_mod
 
-    monkeypatch.setattr(build_mod, "gate", lambda ref, rows, max_drop: {"max_drop": max_drop, "passed": False,
-                                                                         "failures": ["onnxruntime int8: forced"]})
+    monkeypatch.setattr(build_mod, "gate", lambda ref, rows, max_drop: Gate(max_drop, False,
+                                                                             ("onnxruntime int8: forced",)))
     out = tmp_path / "failed"
     result = run("build", "--target", "onnxruntime", "--out", str(out), "--eval-samples", "50", "--calib-samples", "10")
     assert_clean_failure(result, "gate failed", "forced", code=4)
@@ -177,7 +178,7 @@ def test_gate_failure_writes_a_failed_report_and_exits_non_zero(monkeypatch, tmp
 def test_interrupted_build_leaves_nothing(monkeypatch, out, fashion_mnist):
     from resnet_deploy.pipeline import build as build_mod
 
-    def interrupt(rec, ui):
+    def interrupt(*args):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(build_mod, "validate_stage", interrupt)
@@ -198,8 +199,7 @@ def test_gate_failure_with_json_prints_the_failed_report(monkeypatch, tmp_path, 
     from resnet_deploy.pipeline import build as build_mod
 
     monkeypatch.chdir(tmp_path)  # default --out (build/<arch>-<target>) lands here
-    monkeypatch.setattr(build_mod, "gate", lambda ref, rows, max_drop: {"max_drop": max_drop, "passed": False,
-                                                                         "failures": ["forced"]})
+    monkeypatch.setattr(build_mod, "gate", lambda ref, rows, max_drop: Gate(max_drop, False, ("forced",)))
     result = CliRunner().invoke(main, ["build", "--target", "onnxruntime", "--eval-samples", "50",
                                                        "--calib-samples", "10", "--json"])
     assert result.exit_code == 4

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import base64
-import copy
 import json
 import math
 import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from resnet_deploy.pipeline.html_report import render_html
+from resnet_deploy.pipeline.records import Report, to_json
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -35,8 +36,8 @@ def _row(target: str, precision: str, top1: float, per_class: list[float], p50: 
 
 
 @pytest.fixture()
-def report() -> dict:
-    return sample_report()
+def report() -> Report:
+    return Report.from_json(sample_report())
 
 
 def sample_report() -> dict:
@@ -59,9 +60,8 @@ def sample_report() -> dict:
             _row("openvino", "int8", 0.845, int8, 0.4, size=11_300_000, samples=True),
             _row("onnxruntime", "fp32", 0.857, ref, 6.3, size=44_700_000),
             _row("onnxruntime", "int8", 0.84, [*int8[:9], math.nan], 0.45, size=11_400_000),
-            # a simulated device row without latency or size: must not break tables or plots
-            {"target": "tensorrt", "precision": "int8", "runtime": "onnxruntime", "simulated": True,
-             "runner": "onnxruntime (Q/DQ)", "top1": 0.83, "per_class_top1": int8, "agreement": 0.97,
+            # a simulated device row with a note
+            {**_row("tensorrt", "int8", 0.83, int8, 9.0, size=11_000_000, simulated=True),
              "note": "measured on CPU in place of the device"},
         ],
         "gate": {"max_drop": 1.0, "passed": False,
@@ -83,7 +83,7 @@ def _images(html: str) -> list[bytes]:
     return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)]
 
 
-def test_structure(report: dict) -> None:
+def test_structure(report: Report) -> None:
     pytest.importorskip("matplotlib")
     html = render_html(report)
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
@@ -92,7 +92,7 @@ def test_structure(report: dict) -> None:
     assert "FAILED" in html and "Gate failure" in html
     # one results row per report row, in a table whose header names the latency percentiles
     results = html.split('<section id="results">')[1].split("</section>")[0]
-    assert results.count("<tr") == 1 + len(report["results"])
+    assert results.count("<tr") == 1 + len(report.results)
     assert all(h in results for h in ("p50 ms", "p90 ms", "p99 ms", "img/s", "size"))
     # accuracy, latency, sizes, per-class and stages plots: real PNGs
     images = _images(html)
@@ -105,7 +105,7 @@ def test_structure(report: dict) -> None:
     assert "<td>-</td>" in per_class
 
 
-def test_self_contained_and_escaped(report: dict) -> None:
+def test_self_contained_and_escaped(report: Report) -> None:
     html = render_html(report)
     # nothing fetched from anywhere: no external URLs, no scripts, and a CSP that forbids them
     assert not re.search(r'(src|href)="(?!data:)', html)
@@ -115,24 +115,22 @@ def test_self_contained_and_escaped(report: dict) -> None:
     assert "&lt;script&gt;x&lt;/script&gt;" in html  # class names are data, not markup
 
 
-def test_minimal_report_without_optional_parts(report: dict) -> None:
-    """An early or partial report (no per-class figures, stages or checks) still renders."""
-    minimal = {k: copy.deepcopy(report[k]) for k in ("model", "reference", "gate", "results")}
-    for row in minimal["results"]:
-        row.pop("per_class_top1", None)
-        row.pop("samples_ms", None)
+def test_minimal_report_without_optional_parts(report: Report) -> None:
+    """A report without per-class figures, latency samples, stages or checks still renders."""
+    minimal = replace(report, stages=(), checks={}, commands={},
+                      results=tuple(replace(r, per_class_top1=(), samples_ms=()) for r in report.results))
     html = render_html(minimal)
     assert "No per-class figures" in html and "No stage timings" in html
     assert "raw samples were not recorded" in html
 
 
-def test_without_matplotlib(report: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_matplotlib(report: Report, monkeypatch: pytest.MonkeyPatch) -> None:
     """The tables stand alone when matplotlib is missing (a device-side install)."""
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     html = render_html(report)
     assert not _images(html)
     assert "matplotlib is not installed" in html
-    assert html.count("<tr") > len(report["results"])
+    assert html.count("<tr") > len(report.results)
 
 
 def test_import_does_not_load_matplotlib() -> None:
@@ -141,10 +139,10 @@ def test_import_does_not_load_matplotlib() -> None:
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
-def test_round_trips_through_json(report: dict) -> None:
-    """report.json on disk (NaN written as NaN by json.dumps) renders the same as the dict it came from."""
+def test_round_trips_through_json(report: Report) -> None:
+    """report.json on disk, read back, renders the same as the record it came from."""
     pytest.importorskip("matplotlib")
-    again = json.loads(json.dumps(report))
+    again = Report.from_json(json.loads(json.dumps(to_json(report))))
     assert _strip_images(render_html(again)) == _strip_images(render_html(report))
 
 
@@ -153,7 +151,7 @@ def _strip_images(html: str) -> str:
 
 
 @pytest.mark.slow
-def test_chromium_renders_a_page(report: dict, tmp_path: Path) -> None:
+def test_chromium_renders_a_page(report: Report, tmp_path: Path) -> None:
     """Headless Chromium opens report.html offline and paints it: the screenshot is not blank."""
     pytest.importorskip("matplotlib")
     if not CHROMIUM.exists() and not shutil.which("chromium"):

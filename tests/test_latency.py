@@ -8,6 +8,8 @@ import pytest
 from resnet_deploy.pipeline.evaluate import score
 from resnet_deploy.pipeline.latency import LatencySettings, LatencyStats, measure
 from resnet_deploy.pipeline.report import gate, render_markdown
+from resnet_deploy.pipeline.records import (DataInfo, DataSet, Host, Latency, ModelInfo, Reference, Report,
+                                            ResultRow)
 
 
 def test_percentiles_from_known_times():
@@ -43,21 +45,21 @@ def test_score_top1_agreement_and_per_class():
 
 
 def _row(target, precision, top1):
-    return {"target": target, "precision": precision, "runtime": "onnxruntime", "top1": top1, "agreement": 1.0,
-            "latency_ms": {"p50": 1.0, "p90": 1.2, "p99": 1.5}, "throughput_ips": 900.0, "bytes": 1000}
+    return ResultRow(target, precision, "onnxruntime", False, "runner", top1, (), 1.0, 1, 100, 900.0,
+                     Latency(1.0, 1.2, 1.5, 1.1, 0.9), f"{target}/m.onnx", 1000, top1)
 
 
 def test_gate_counts_only_int8_rows_and_uses_points():
     rows = [_row("a", "fp32", 0.80), _row("a", "int8", 0.905), _row("b", "int8", 0.889)]
     g = gate(0.91, rows, 1.0)
-    assert not g["passed"] and len(g["failures"]) == 1 and "b int8" in g["failures"][0]
-    assert gate(0.91, rows, 2.1)["passed"]
+    assert not g.passed and len(g.failures) == 1 and "b int8" in g.failures[0]
+    assert gate(0.91, rows, 2.1).passed
 
 
 def test_markdown_report_names_status_and_rows():
-    report = {"model": {"arch": "resnet20", "num_classes": 10, "input_shape": [1, 28, 28], "source": "x"},
-              "reference": {"top1": 0.9}, "gate": gate(0.9, [_row("a", "int8", 0.85)], 1.0),
-              "data": {"calibration": {"count": 3, "source": "c"}, "evaluation": {"count": 4, "source": "e"}},
-              "host": {"cpu": "cpu"}, "results": [_row("a", "int8", 0.85)], "wall_seconds": 1.0}
+    data = DataSet("c", 3, 0, 0)
+    report = Report("failed", "", ModelInfo("resnet20", 10, (1, 28, 28), "x", "A", 0), {}, DataInfo(data, data),
+                    Reference("pytorch", "fp32", 0.9, ()), (_row("a", "int8", 0.85),),
+                    gate(0.9, [_row("a", "int8", 0.85)], 1.0), {}, (), {}, Host("cpu", "", ""), 1.0, ())
     md = render_markdown(report)
     assert "FAILED" in md and "| a | int8 |" in md and "+5.00" in md

@@ -75,7 +75,14 @@ def _as_bundle(bundle: Path, arts) -> None:
     device side (device-build, infer) takes it as a build's."""
     from resnet_deploy.pipeline import bundle as bundle_io
 
-    bundle_io.write_json(bundle / bundle_io.REPORT_JSON, {"artifacts": [a.to_dict() for a in arts], "results": []})
+    from resnet_deploy.pipeline.records import (DataInfo, DataSet, Gate, Host, ModelInfo, Reference, Report,
+                                                to_json)
+
+    data = DataSet("x", 2, 0, 0)
+    report = Report("passed", "", ModelInfo("resnet20", 10, PREP.shape, "test", "A", 0), PREP.to_dict(),
+                    DataInfo(data, data), Reference("pytorch", "fp32", 0.5, ()), (), Gate(1.0, True), {}, (), {},
+                    Host("", "", ""), 0.0, tuple(arts))
+    bundle_io.write_json(bundle / bundle_io.REPORT_JSON, to_json(report))
     bundle_io.write_json(bundle / bundle_io.PREPROCESSING, PREP.to_dict())
     bundle_io.save_eval_sample(bundle / bundle_io.EVAL_SAMPLE, np.zeros((2, 32, 32, 3), np.uint8), np.zeros(2),
                                tuple(str(i) for i in range(10)))

@@ -1,0 +1,255 @@
+"""The contract every registered target keeps (plug-in API 1), parametrized over the registry.
+
+A target installed as a package (entry point group ``resnet_deploy.targets``) is collected here the
+day it is installed; ``StubTarget``, registered in-process, is the cheap control case and a fast
+target for tests of error paths. Each target compiles one small BN-folded resnet20 (1x28x28): the
+embedded Fashion-MNIST model, since INT8 agreement means something only for a model whose
+predictions vary (a random one gives every image the same class). Real calibration images; targets
+whose build requirements are missing here skip, naming them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from resnet_deploy.calibration.preprocess import Preprocessing
+from resnet_deploy.calibration.sampling import choose, decode
+from resnet_deploy.calibration.sources import open_source
+from resnet_deploy.pipeline import bundle as bundle_io
+from resnet_deploy.pipeline.checkpoint import load_model
+from resnet_deploy.pipeline.export import export_onnx, run_onnx
+from resnet_deploy.pipeline.fold import fold_batchnorm
+from resnet_deploy.pipeline.settings import EMBEDDED_MODEL
+from resnet_deploy.targets import (PLUGIN_API, Artifact, CompileInput, Runner, Runtime, Target, broken, get_target,
+                                   list_targets, onnx_session, register, runtimes, unregister)
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+PRECISIONS = ("fp32", "fp16", "int8")  # the order artifacts come in
+CALIBRATION_IMAGES = 48
+FP32_ATOL = 1e-4  # of the output scale: FP32 ONNX vs PyTorch, the field's bound (STYLE.md)
+INT8_AGREEMENT = 0.90  # top-1 agreement with FP32 on real images
+
+
+# --- the stub target ---------------------------------------------------------------------------------
+
+class StubRunner:
+    """The pipeline's own ONNX executor behind the ``Runner`` protocol."""
+
+    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+        self.session = onnx_session(path, threads=threads)
+        self.input_name = self.session.get_inputs()[0].name
+        self.description = "contract stub (the pipeline's ONNX executor)"
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: batch})[0]
+
+
+def round_weights_to_int8(fp32: Path, out: Path) -> None:
+    """Weight-only INT8: every Conv/Gemm weight rounded to 255 levels per output channel, kept in float.
+    No calibration, so it costs milliseconds, yet it moves the logits as a real INT8 model does."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(fp32))
+    weights = {n.input[1] for n in model.graph.node if n.op_type in ("Conv", "Gemm")}
+    for i, tensor in enumerate(model.graph.initializer):
+        if tensor.name in weights:
+            w = numpy_helper.to_array(tensor)
+            scale = np.abs(w).reshape(len(w), -1).max(axis=1).reshape(-1, *[1] * (w.ndim - 1)) / 127
+            q = np.round(w / np.where(scale > 0, scale, 1)) * scale
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(q.astype(w.dtype), tensor.name))
+    onnx.save(model, str(out))
+
+
+class StubTarget(Target):
+    """A cheap in-process target: the FP32 ONNX as is and its weight-only INT8 rounding, both run by the
+    pipeline's ONNX executor. Register it with ``register(StubTarget)``; ``unregister`` it after."""
+
+    name = "contract-stub"
+    summary = "test stub: the FP32 ONNX and its INT8-rounded weights, run by the pipeline's ONNX executor"
+    # A runtime of its own, present wherever resnet-deploy is; its names are no words of the package's code.
+    runtimes = (Runtime("contract-stub", "resnet_deploy", "comes with resnet-deploy"),)
+
+    def compile(self, inp: CompileInput, bundle: Path) -> list[Artifact]:
+        folder = bundle / self.name
+        folder.mkdir(parents=True, exist_ok=True)
+        fp32 = Path(shutil.copyfile(inp.fp32_onnx, folder / "model_fp32.onnx"))
+        int8 = folder / "model_int8.onnx"
+        round_weights_to_int8(fp32, int8)
+        runtime = self.runtimes[0].name
+        return [Artifact(self.name, "fp32", str(fp32.relative_to(bundle)), runtime),
+                Artifact(self.name, "int8", str(int8.relative_to(bundle)), runtime,
+                         note="weight-only rounding, activations in float", details={"weights": "int8 per-channel"})]
+
+    def load(self, artifact: Artifact, bundle: Path, *, threads: int | None = None,
+             hint: str | None = None) -> Runner:
+        return StubRunner(bundle / artifact.path, threads=threads)
+
+
+# Parametrized at collection, before the stub is registered (the fixture below registers it for this module).
+NAMES = list(dict.fromkeys([*list_targets(), StubTarget.name]))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def stub_registered():
+    register(StubTarget)
+    yield
+    unregister(StubTarget.name)
+
+
+# --- what every target compiles ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(EMBEDDED_MODEL)
+
+
+@pytest.fixture(scope="module")
+def prep(model) -> Preprocessing:
+    return Preprocessing.from_dict(model.meta["preprocessing"])
+
+
+@pytest.fixture(scope="module")
+def images(fashion_mnist, prep) -> np.ndarray:
+    """Real calibration images, float32 NCHW normalised as the model was trained."""
+    source = open_source("fashion-mnist", "train", flag="--calib-data")
+    return decode(source, choose(len(source), CALIBRATION_IMAGES, seed=0), prep, flag="--calib-data").inputs(prep)
+
+
+@pytest.fixture(scope="module")
+def folded_onnx(tmp_path_factory, model, images) -> tuple[Path, np.ndarray]:
+    """The model BN-folded and exported as the build does, and its ONNX logits on ``images``."""
+    folded, _ = fold_batchnorm(model.model)
+    path = tmp_path_factory.mktemp("onnx") / bundle_io.MODEL_ONNX
+    export_onnx(folded, path, sample=images[:8], metadata={})
+    return path, run_onnx(path, images)
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory, images, prep, folded_onnx):
+    """compile(name) -> (bundle, artifacts), once per target: the folded ONNX at the bundle's root, as the
+    build's export stage leaves it, and the target's folder beside it."""
+    done: dict[str, tuple[Path, list[Artifact]]] = {}
+
+    def run(name: str) -> tuple[Path, list[Artifact]]:
+        if name not in done:
+            target = get_target(name)
+            missing = target.missing()
+            if missing:
+                pytest.skip(f"--target {name} needs {', '.join(missing)} to build, not installed here")
+            bundle = tmp_path_factory.mktemp(name)
+            fp32 = Path(shutil.copyfile(folded_onnx[0], bundle / bundle_io.MODEL_ONNX))
+            inp = CompileInput(fp32, images, prep, target.parse_options({}))
+            done[name] = (bundle, list(target.compile(inp, bundle)))
+        return done[name]
+
+    return run
+
+
+def _runnable(artifacts: Sequence[Artifact]) -> list[Artifact]:
+    """The artifacts whose runtime is present here (a device engine is not, on a build machine)."""
+    known = runtimes()
+    return [a for a in artifacts if a.runtime in known and known[a.runtime].present()]
+
+
+def _of(artifacts: Sequence[Artifact], precision: str, name: str) -> list[Artifact]:
+    found = [a for a in artifacts if a.precision == precision]
+    if not found:
+        pytest.skip(f"--target {name} makes no {precision} artifact runnable here")
+    return found
+
+
+# --- the contract ------------------------------------------------------------------------------------
+
+def test_every_installed_plugin_loads():
+    assert not broken, f"entry points that could not be loaded: {broken}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declares_itself(name):
+    target = get_target(name)
+    assert target.name == name and target.api_version in range(1, PLUGIN_API + 1)
+    assert isinstance(target.summary, str) and target.summary.strip()
+    assert target.runtimes and all(isinstance(rt, Runtime) for rt in target.runtimes)
+    assert len({rt.name for rt in target.runtimes}) == len(target.runtimes)
+    assert all(rt.name and rt.module and rt.install for rt in target.runtimes)
+    assert isinstance(target.missing(), list)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_options_parse_without_flags_and_ignore_other_targets_flags(name):
+    target = get_target(name)
+    options = target.parse_options({})
+    assert target.parse_options({"a_flag_of_another_target": 3}) == options
+    if target.options is not None:
+        assert options is not None
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_artifacts_lie_in_the_target_folder_fp32_first(name, compiled):
+    bundle, artifacts = compiled(name)
+    assert artifacts, f"{name} compiled nothing"
+    folder = (bundle / name).resolve()
+    for a in artifacts:
+        assert a.target == name and a.precision in PRECISIONS, a
+        for rel in (a.path, *a.files):
+            path = (bundle / rel).resolve()
+            assert folder in path.parents, f"{rel} is not under {name}/"
+            assert path.is_file(), f"{rel} was not written"
+    order = [PRECISIONS.index(a.precision) for a in artifacts]
+    assert order == sorted(order), [a.precision for a in artifacts]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_artifacts_name_a_declared_runtime_and_round_trip(name, compiled):
+    _, artifacts = compiled(name)
+    declared = {rt.name for rt in get_target(name).runtimes}
+    for a in artifacts:
+        assert a.runtime in declared, f"{a.path}: runtime {a.runtime!r} is not one of {sorted(declared)}"
+        assert Artifact.from_dict(a.to_dict()) == a
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("n", [1, 3])
+def test_runner_returns_logits_per_image(name, n, compiled, images, model):
+    bundle, artifacts = compiled(name)
+    target = get_target(name)
+    runnable = _runnable(artifacts)
+    if not runnable:
+        pytest.skip(f"no runtime of --target {name} is present here")
+    for a in runnable:
+        runner = target.load(a, bundle, threads=1)
+        assert isinstance(runner.description, str) and runner.description
+        out = np.asarray(runner.run(np.ascontiguousarray(images[:n])))
+        assert out.shape == (n, model.num_classes), (a.path, out.shape)
+        assert np.issubdtype(out.dtype, np.floating) and np.isfinite(out).all(), a.path
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fp32_matches_the_onnx_reference(name, compiled, images, folded_onnx):
+    bundle, artifacts = compiled(name)
+    target = get_target(name)
+    reference = folded_onnx[1]
+    tolerance = FP32_ATOL * max(1.0, float(np.abs(reference).max()))
+    for a in _of(_runnable(artifacts), "fp32", name):
+        out = target.load(a, bundle, threads=1).run(images)
+        diff = float(np.abs(out - reference).max())
+        assert diff <= tolerance, f"{a.path}: max |diff| {diff:.2e} > {tolerance:.2e}"
+        assert (out.argmax(1) == reference.argmax(1)).all(), a.path
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_int8_agrees_with_fp32_on_real_images(name, compiled, images, folded_onnx):
+    bundle, artifacts = compiled(name)
+    target = get_target(name)
+    expected = folded_onnx[1].argmax(1)
+    assert len(set(expected.tolist())) > 1, "the test model predicts one class only: agreement would be vacuous"
+    for a in _of(_runnable(artifacts), "int8", name):
+        agreement = float((target.load(a, bundle, threads=1).run(images).argmax(1) == expected).mean())
+        assert agreement >= INT8_AGREEMENT, f"{a.path}: top-1 agreement with FP32 {agreement:.3f}"
