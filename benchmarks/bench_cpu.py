@@ -40,13 +40,12 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-
 from _common import CIFAR10, export_model, ort_session, ov_runner, quiet, real_images, torch_runner
 
+from resnet_deploy.host import cpu_name, isa_summary
 from resnet_deploy.pipeline.evaluate import predict
 from resnet_deploy.pipeline.latency import LatencySettings, LatencyStats, measure
 from resnet_deploy.targets import CompileInput, get_target
-from resnet_deploy.host import cpu_name, isa_summary
 
 BASELINE = "onnxruntime fp32"
 AGREE_BATCH = 25  # agreement in batches: single-image calls would cost more than the timing itself

@@ -15,13 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from _common import ort_session, ov_runner, quiet
 
+from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.calibration.sampling import choose, decode
 from resnet_deploy.calibration.sources import open_source
-from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.pipeline import checkpoint as ckpt
 from resnet_deploy.pipeline.evaluate import predict
 from resnet_deploy.pipeline.export import export_onnx
@@ -59,7 +57,7 @@ def main() -> None:
 
     from resnet_deploy.targets.onnxruntime import _Reader
 
-    def Reader():  # noqa: N802 - the tool's own calibration reader, one image at a time
+    def Reader():
         return _Reader("input", calib)
 
     pre = work / "pre.onnx"

@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import export_model, ort_session, ov_runner, quiet, real_images
 
-from resnet_deploy.pipeline.latency import LatencySettings, measure
 from resnet_deploy.host import cpu_name
+from resnet_deploy.pipeline.latency import LatencySettings, measure
 
 
 def ort_variants(fp32: Path, work: Path, calib: np.ndarray) -> dict[str, Path]:
@@ -29,7 +28,7 @@ def ort_variants(fp32: Path, work: Path, calib: np.ndarray) -> dict[str, Path]:
 
     from resnet_deploy.targets.onnxruntime import _Reader
 
-    def Reader():  # noqa: N802 - the tool's own calibration reader, one image at a time
+    def Reader():
         return _Reader("input", calib)
 
     pre = work / "ort_pre.onnx"

@@ -58,7 +58,7 @@ def open_image(path: str | os.PathLike[str], *, min_side: int | None = None) -> 
     except MemoryError:
         img.close()
         raise UnreadableImage(f"{w}x{h} does not fit in memory") from None
-    except Exception as err:  # noqa: BLE001 - damaged files make Pillow's decoders raise nearly anything
+    except Exception as err:
         img.close()
         raise UnreadableImage(f"{err.__class__.__name__}: {err}") from None
     return img

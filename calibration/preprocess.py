@@ -88,7 +88,7 @@ class Preprocessing:
         """The shorter side an image needs before the final resize/crop (for reduced decoding)."""
         return math.ceil(max(self.input_size) / self.crop_ratio)
 
-    def with_classes(self, names: tuple[str, ...] | list[str]) -> "Preprocessing":
+    def with_classes(self, names: tuple[str, ...] | list[str]) -> Preprocessing:
         return replace(self, class_names=tuple(names))
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,7 +101,7 @@ class Preprocessing:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: Any, *, origin: str = "preprocessing") -> "Preprocessing":
+    def from_dict(cls, d: Any, *, origin: str = "preprocessing") -> Preprocessing:
         """The record from its JSON form. Malformed or out-of-range fields raise ConfigError naming
         ``origin`` and the field (e.g. "checkpoint x.pt metadata preprocessing.std")."""
         if not isinstance(d, dict):

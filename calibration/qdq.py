@@ -16,8 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_deploy.calibration.activation_ranges import (METHODS, MIN_AMAX, SessionFactory, activation_amax_by_method,
-                                                     float_tensors)
+from resnet_deploy.calibration.activation_ranges import (
+    METHODS,
+    MIN_AMAX,
+    SessionFactory,
+    activation_amax_by_method,
+    float_tensors,
+)
 from resnet_deploy.errors import ConfigError, VerificationError
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")

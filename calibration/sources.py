@@ -57,7 +57,7 @@ class ImageFolderSource:
         return str(self.root.resolve())
 
     @classmethod
-    def open(cls, root: str | os.PathLike, *, flag: str = "--data") -> "ImageFolderSource":
+    def open(cls, root: str | os.PathLike, *, flag: str = "--data") -> ImageFolderSource:
         root = Path(root)
         if not root.exists():
             raise DataError(f"{flag}: folder {root} does not exist. Give an image folder with one subfolder per class.")

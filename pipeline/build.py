@@ -19,12 +19,13 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from resnet_deploy import environment, interrupts
 from resnet_deploy.calibration.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from resnet_deploy.calibration.sampling import ImageBatch, choose, decode, same_images
 from resnet_deploy.calibration.sources import check_classes, has_split, open_source
-from resnet_deploy import environment, interrupts
 from resnet_deploy.console import Ui
 from resnet_deploy.errors import DataError, GateFailed
+from resnet_deploy.host import cpu_name
 from resnet_deploy.models import get_arch
 from resnet_deploy.pipeline import bundle as bundle_io
 from resnet_deploy.pipeline import checkpoint as ckpt
@@ -32,14 +33,22 @@ from resnet_deploy.pipeline import out_lock
 from resnet_deploy.pipeline.evaluate import predict, score
 from resnet_deploy.pipeline.export import export_onnx
 from resnet_deploy.pipeline.fold import FoldCheck, fold_batchnorm, verify_fold
-from resnet_deploy.pipeline.latency import measure
 from resnet_deploy.pipeline.html_report import render_html
-from resnet_deploy.pipeline.records import (DataInfo, DataSet, Host, Latency, ModelInfo, Reference, Report,
-                                            ResultRow, Stage)
+from resnet_deploy.pipeline.latency import measure
+from resnet_deploy.pipeline.records import (
+    DataInfo,
+    DataSet,
+    Host,
+    Latency,
+    ModelInfo,
+    Reference,
+    Report,
+    ResultRow,
+    Stage,
+)
 from resnet_deploy.pipeline.report import gate, render_markdown
 from resnet_deploy.pipeline.settings import EMBEDDED_MODEL, BuildSettings
 from resnet_deploy.targets import Artifact, CompileInput, Target, expand, get_target, option_owners, runtimes
-from resnet_deploy.host import cpu_name
 
 
 @dataclass(frozen=True)

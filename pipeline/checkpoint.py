@@ -110,7 +110,7 @@ def _read_torch(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             "are untrusted input, so resnet-deploy never unpickles arbitrary objects. Re-save only the weights: "
             "torch.save(model.state_dict(), 'weights.pt') or safetensors.torch.save_file(...)."
         ) from None
-    except Exception as err:  # noqa: BLE001 - damaged files make torch.load raise nearly anything
+    except Exception as err:
         first = str(err).splitlines()[0][:160] if str(err) else "corrupt"
         raise _unreadable(path, f"{err.__class__.__name__}: {first}") from None
     if not isinstance(obj, dict):

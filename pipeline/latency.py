@@ -49,7 +49,7 @@ class LatencyStats:
                 "latency_ms": {k: round(v, 4) for k, v in d.items()}}
 
     @classmethod
-    def from_times(cls, times_s: list[float] | np.ndarray, batch: int) -> "LatencyStats":
+    def from_times(cls, times_s: list[float] | np.ndarray, batch: int) -> LatencyStats:
         ms = np.asarray(times_s, dtype=np.float64) * 1e3
         p50, p90, p99 = np.percentile(ms, [50, 90, 99])
         return cls(batch, len(ms), float(p50), float(p90), float(p99), float(ms.mean()), float(ms.min()),

@@ -7,6 +7,7 @@ from typing import Any, Mapping, Sequence
 
 from resnet_deploy.pipeline.records import Gate, Report, ResultRow
 
+
 def gate(reference_top1: float, results: Sequence[ResultRow], max_drop: float) -> Gate:
     """Every INT8 row (simulated ones too) may sit at most ``max_drop`` points below the FP32 reference."""
     failures = []

@@ -9,8 +9,8 @@ from typing import Any
 
 from resnet_deploy.calibration.preprocess import MAX_INPUT_SIZE, MIN_INPUT_SIZE, STD_RANGE
 from resnet_deploy.errors import ConfigError
-from resnet_deploy.ranges import SEED_MAX, THREADS_MAX, check_float, check_int
 from resnet_deploy.pipeline.latency import LatencySettings
+from resnet_deploy.ranges import SEED_MAX, THREADS_MAX, check_float, check_int
 
 # Shipped inside the package: a resnet20 trained with `resnet-deploy train` on Fashion-MNIST (see README).
 MAX_IMAGES = 10_000_000  # more than ImageNet-21k's 14M would take days here; a typo guard, not a policy

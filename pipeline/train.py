@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,10 +19,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from resnet_deploy import interrupts
 from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.calibration.sampling import decode
 from resnet_deploy.calibration.sources import ImageSource
-from resnet_deploy import interrupts
 from resnet_deploy.errors import CheckpointError, ConfigError
 from resnet_deploy.models import build_model, get_arch
 from resnet_deploy.pipeline import checkpoint as ckpt

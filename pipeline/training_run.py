@@ -7,10 +7,10 @@ import json
 import os
 from pathlib import Path
 
+from resnet_deploy import interrupts
 from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.calibration.sampling import choose, decode
 from resnet_deploy.calibration.sources import ImageSource, has_split, open_source
-from resnet_deploy import interrupts
 from resnet_deploy.console import Ui
 from resnet_deploy.errors import CheckpointError, ConfigError, DataError, ResnetDeployError
 from resnet_deploy.pipeline import checkpoint as ckpt

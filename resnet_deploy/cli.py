@@ -348,10 +348,10 @@ def infer(ui: Ui, bundle, images, top, runtime, precision, as_json) -> None:
 @pass_ui
 def bench(ui: Ui, bundle, runtime, precision, batches, threads, hint, warmup, iterations, seconds, out, as_json) -> None:
     """Latency (p50/p90/p99), throughput and accuracy of a bundle on this machine (no PyTorch needed)."""
+    from resnet_deploy.host import cpu_name
     from resnet_deploy.pipeline import device
     from resnet_deploy.pipeline.bundle import write_json
     from resnet_deploy.pipeline.latency import LatencySettings
-    from resnet_deploy.host import cpu_name
 
     b = device.open_bundle(bundle)
     artifact = device.choose_artifact(b, runtime=runtime, precision=precision)

@@ -25,7 +25,7 @@ class Ui:
         self.console.print(f"[bold yellow]warning:[/] {message}")
 
     @contextlib.contextmanager
-    def task(self, description: str, total: int | None) -> Iterator["Task"]:
+    def task(self, description: str, total: int | None) -> Iterator[Task]:
         """A progress bar; ``advance(n)`` moves it, ``note(text)`` updates the text after it."""
         if self.quiet:
             yield Task(None, None)

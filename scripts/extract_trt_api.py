@@ -118,8 +118,8 @@ def _eval_condition(expr: str, defines: Dict[str, int]) -> bool:
     expr = expr.replace("&&", " and ").replace("||", " or ")
     expr = re.sub(r"!(?!=)", " not ", expr)
     try:
-        return bool(eval(expr, {"__builtins__": {}}, {}))  # noqa: S307 - digits and operators only
-    except Exception:  # noqa: BLE001 - an unreadable condition: take the #else side, and say so in README
+        return bool(eval(expr, {"__builtins__": {}}, {}))
+    except Exception:
         return False
 
 
@@ -416,8 +416,8 @@ def _static_if(test: ast.expr) -> Optional[bool]:
     if any(isinstance(n, ast.Name) for n in ast.walk(test)):
         return None  # depends on the platform or on imports (e.g. sys.platform): not a build-time constant
     try:
-        return bool(eval(compile(ast.Expression(test), "<init>", "eval"), {"__builtins__": {}}, {}))  # noqa: S307
-    except Exception:  # noqa: BLE001
+        return bool(eval(compile(ast.Expression(test), "<init>", "eval"), {"__builtins__": {}}, {}))
+    except Exception:
         return None
 
 
@@ -487,8 +487,8 @@ def header_enum_values(text: str) -> Dict[str, Dict[str, int]]:
                 expr_py = re.sub(r"\b(\d+)[uUlL]+\b", r"\1", expr)
                 expr_py = re.sub(r"[A-Za-z_]\w*", lambda e: str(values.get(e.group(0), "None")), expr_py)
                 try:
-                    nxt = int(eval(expr_py, {"__builtins__": {}}, {}))  # noqa: S307 - integers only
-                except Exception:  # noqa: BLE001 - an enumerator from another header: order is unknown
+                    nxt = int(eval(expr_py, {"__builtins__": {}}, {}))
+                except Exception:
                     values = {}
                     break
             values[key] = nxt

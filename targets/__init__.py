@@ -15,8 +15,16 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from resnet_deploy.errors import ConfigError
-from resnet_deploy.targets.base import (PLUGIN_API, Artifact, CompileInput, DeviceBuild, Runner, Runtime, Target,
-                                        option_fields)
+from resnet_deploy.targets.base import (
+    PLUGIN_API,
+    Artifact,
+    CompileInput,
+    DeviceBuild,
+    Runner,
+    Runtime,
+    Target,
+    option_fields,
+)
 
 GROUP = "resnet_deploy.targets"
 # Used only when this package's own metadata is absent (run from a source tree without `pip install`).
@@ -66,7 +74,7 @@ def _registry() -> dict[str, type[Target]]:
                 continue
             try:
                 cls = _load(value)
-            except Exception as err:  # noqa: BLE001 - a broken plug-in must not break the others or --help
+            except Exception as err:
                 broken[name] = f"{value}: {err.__class__.__name__}: {err}"
                 continue
             if cls.name != name:

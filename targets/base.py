@@ -22,7 +22,6 @@ import numpy as np
 from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.errors import ConfigError, DependencyError
 
-
 # The hooks a target may implement, by API version. A plug-in declares the version it was written
 # for; newer hooks have defaults, so a version-1 plug-in keeps working when version 2 adds some.
 PLUGIN_API = 1
@@ -101,7 +100,7 @@ class Artifact:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Artifact":
+    def from_dict(cls, d: Mapping[str, Any]) -> Artifact:
         if not isinstance(d, Mapping):
             raise TypeError(f"an artifact record must be an object, got {type(d).__name__}")
         extra = d.get("extra") or {}  # bundles written before the typed fields kept them here

@@ -21,7 +21,6 @@ from resnet_deploy.errors import DependencyError
 from resnet_deploy.host import has_vnni
 from resnet_deploy.targets.base import Artifact, CompileInput, Runner, Runtime, Target
 
-
 RUNTIME = Runtime("onnxruntime", "onnxruntime", "pip install onnxruntime  (or resnet-deploy[device])",
                   preference=100, packages=("onnxruntime",), loggers=("onnxruntime",))
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import randomize_bn
 from safetensors.torch import save_file
 
-from conftest import randomize_bn
 from resnet_deploy.errors import CheckpointError, ConfigError
 from resnet_deploy.models import build_model, list_archs
 from resnet_deploy.pipeline.checkpoint import (

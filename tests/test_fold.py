@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import randomize_bn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from conftest import randomize_bn
 from resnet_deploy.errors import VerificationError
 from resnet_deploy.models import build_model
 from resnet_deploy.pipeline.fold import FOLD_RTOL, fold_batchnorm, fuse_conv_bn, fuse_conv_bn_weights, verify_fold

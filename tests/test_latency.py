@@ -7,9 +7,8 @@ import pytest
 
 from resnet_deploy.pipeline.evaluate import score
 from resnet_deploy.pipeline.latency import LatencySettings, LatencyStats, measure
+from resnet_deploy.pipeline.records import DataInfo, DataSet, Host, Latency, ModelInfo, Reference, Report, ResultRow
 from resnet_deploy.pipeline.report import gate, render_markdown
-from resnet_deploy.pipeline.records import (DataInfo, DataSet, Host, Latency, ModelInfo, Reference, Report,
-                                            ResultRow)
 
 
 def test_percentiles_from_known_times():

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import write_idx_split
+
 from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.calibration.sources import FASHION_MNIST_CLASSES, ArraySource, fashion_mnist_dir, open_idx
 from resnet_deploy.errors import CheckpointError, ConfigError

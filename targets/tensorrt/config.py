@@ -6,14 +6,14 @@ everything the build needs and nothing that depends on the build machine; no tor
 
 from __future__ import annotations
 
-import json
 import dataclasses
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from resnet_deploy.targets.tensorrt.calibration_cache import parse_version
 from resnet_deploy.errors import BundleError, ConfigError
+from resnet_deploy.targets.tensorrt.calibration_cache import parse_version
 from resnet_deploy.targets.tensorrt.profiles import DeviceProfile, get_profile, jetson_profiles
 
 BUILD_CONFIG = "build_config.json"
@@ -103,7 +103,7 @@ class TrtOptions:
                 raise ConfigError(f"--dla-core must be 0..{cores - 1} on {self.profile.gpu}, got {self.dla_core}.")
 
     @classmethod
-    def from_flags(cls, flags: Any, preset: TrtPreset) -> "TrtOptions":
+    def from_flags(cls, flags: Any, preset: TrtPreset) -> TrtOptions:
         """Validate a ``TensorRTFlags``/``JetsonFlags`` (None means "not given") against the preset."""
         given = {k: v for k, v in dataclasses.asdict(flags).items() if v is not None} if flags is not None else {}
         if preset.device_flag:
@@ -172,7 +172,7 @@ class TrtBuildConfig:
         batches = (self.opt_batch,) * 3 if on_dla else (self.min_batch, self.opt_batch, self.max_batch)
         return tuple((b, *self.input_shape) for b in batches)  # type: ignore[return-value]
 
-    def with_dla(self, dla_core: int | None) -> "TrtBuildConfig":
+    def with_dla(self, dla_core: int | None) -> TrtBuildConfig:
         TrtOptions(self.profile, dla_core, self.max_batch, self.opt_batch, self.workspace_mb)  # validates
         return replace(self, dla_core=dla_core)
 
@@ -188,7 +188,7 @@ class TrtBuildConfig:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrtBuildConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrtBuildConfig:
         if d.get("schema") != SCHEMA:
             raise BundleError(f"{BUILD_CONFIG} has schema {d.get('schema')!r}; this resnet-deploy reads schema "
                               f"{SCHEMA}. Rebuild the bundle with this version.")
@@ -206,7 +206,7 @@ class TrtBuildConfig:
         return path
 
     @classmethod
-    def read(cls, folder: Path) -> "TrtBuildConfig":
+    def read(cls, folder: Path) -> TrtBuildConfig:
         path = folder / BUILD_CONFIG
         try:
             return cls.from_dict(json.loads(path.read_text()))

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resnet_deploy.targets.tensorrt.calibration_cache import header_version, read_cache, retarget_cache, version_code
 from resnet_deploy.errors import BundleError, DependencyError, VerificationError
 from resnet_deploy.targets.tensorrt import engine_cache as cache
+from resnet_deploy.targets.tensorrt.calibration_cache import header_version, read_cache, retarget_cache, version_code
 from resnet_deploy.targets.tensorrt.config import BUILD_CONFIG, TrtBuildConfig
 from resnet_deploy.targets.tensorrt.profiles import has_fast_int8
 
@@ -111,13 +111,13 @@ def _cache_calibrator(trt, cache_bytes: bytes):
         def get_batch_size(self) -> int:
             return 1
 
-        def get_batch(self, names):  # noqa: ARG002 - TensorRT only asks when the cache is refused
+        def get_batch(self, names):
             return None
 
         def read_calibration_cache(self) -> bytes:
             return cache_bytes
 
-        def write_calibration_cache(self, data) -> None:  # noqa: ARG002
+        def write_calibration_cache(self, data) -> None:
             return None
 
     return CacheCalibrator()

@@ -41,7 +41,7 @@ class EngineKey:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EngineKey":
+    def from_dict(cls, d: dict[str, Any]) -> EngineKey:
         major, minor = (int(v) for v in d["compute_capability"])
         shapes = tuple(tuple(int(v) for v in s) for s in d["shapes"])
         dla = d.get("dla_core")

@@ -47,7 +47,7 @@ class DeviceProfile:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DeviceProfile":
+    def from_dict(cls, d: dict[str, Any]) -> DeviceProfile:
         major, minor = (int(v) for v in d["compute_capability"])
         return cls(str(d["name"]), str(d["gpu"]), (major, minor), int(d["dla_cores"]), bool(d["fast_int8"]),
                    str(d.get("jetpack", "")), str(d["tensorrt"]))

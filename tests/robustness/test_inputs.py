@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import write_idx_split
 from PIL import Image
 
 from resnet_deploy.calibration import images as image_io
@@ -24,7 +25,6 @@ from resnet_deploy.calibration.sources import open_source
 from resnet_deploy.cli import main
 from resnet_deploy.models import build_model
 from resnet_deploy.pipeline.checkpoint import META_KEY, load_model, save_checkpoint, save_safetensors
-from conftest import write_idx_split
 
 
 def run(*args: str):

@@ -381,7 +381,7 @@ def _parse(f: _Factory, s: Any, model: Any, path: Any = None) -> bool:
         return False
     try:
         name, in_dims, out_name, out_dims = _onnx_shapes(model)
-    except Exception as err:  # noqa: BLE001 - the parser reports, it does not raise
+    except Exception as err:
         state["errors"].append(f"ModelImporter: could not read the model: {err}")
         return False
     net.update(inputs=[(name, in_dims)], outputs=[(out_name, out_dims)])
@@ -471,7 +471,7 @@ def _host_memory(f: _Factory, data: bytes) -> Any:
     return f.classes["IHostMemory"](data)
 
 
-def _set_shape(f: _Factory, s: Any, input: str, min: Any, opt: Any, max: Any) -> None:  # noqa: A002
+def _set_shape(f: _Factory, s: Any, input: str, min: Any, opt: Any, max: Any) -> None:
     lo, mid, hi = (tuple(int(v) for v in d) for d in (min, opt, max))
     if not (len(lo) == len(mid) == len(hi)) or any(a > b or b > c for a, b, c in zip(lo, mid, hi)):
         raise ValueError(f"set_shape({input!r}): needs min <= opt <= max, got {lo}, {mid}, {hi}")

@@ -11,8 +11,8 @@ whose build requirements are missing here skip, naming them.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,8 +25,21 @@ from resnet_deploy.pipeline.checkpoint import load_model
 from resnet_deploy.pipeline.export import export_onnx, run_onnx
 from resnet_deploy.pipeline.fold import fold_batchnorm
 from resnet_deploy.pipeline.settings import EMBEDDED_MODEL
-from resnet_deploy.targets import (PLUGIN_API, Artifact, CompileInput, Runner, Runtime, Target, broken, get_target,
-                                   list_targets, onnx_session, register, runtimes, unregister)
+from resnet_deploy.targets import (
+    PLUGIN_API,
+    Artifact,
+    CompileInput,
+    Runner,
+    Runtime,
+    Target,
+    broken,
+    get_target,
+    list_targets,
+    onnx_session,
+    register,
+    runtimes,
+    unregister,
+)
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from strict_trt import TABLES, VERSIONS, make_tensorrt, table_for  # noqa: E402
+from strict_trt import TABLES, VERSIONS, make_tensorrt, table_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -255,7 +255,8 @@ def _cfg(dla_core=None):
 
 
 def _build_and_run(version: str, tmp_path: Path, monkeypatch, log: list, *, precision="int8", mode="explicit"):
-    from resnet_deploy.targets.tensorrt import engine as _trt_engine, runner as _trt_runner
+    from resnet_deploy.targets.tensorrt import engine as _trt_engine
+    from resnet_deploy.targets.tensorrt import runner as _trt_runner
 
     monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt(version, log=log))
     cudart = _HostCudart()

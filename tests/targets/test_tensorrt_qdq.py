@@ -10,8 +10,8 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from resnet_deploy.calibration.activation_ranges import entropy_amax, percentile_amax
 from resnet_deploy.calibration import qdq
+from resnet_deploy.calibration.activation_ranges import entropy_amax, percentile_amax
 from resnet_deploy.errors import ConfigError
 from resnet_deploy.models import build_model
 from resnet_deploy.pipeline.export import export_onnx, run_onnx

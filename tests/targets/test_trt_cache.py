@@ -10,9 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resnet_deploy.targets.tensorrt.calibration_cache import (cache_header, hex_to_scale, read_cache, retarget_cache,
-                                                 scale_to_hex, version_code, write_cache)
 from resnet_deploy.errors import BundleError, ConfigError
+from resnet_deploy.targets.tensorrt.calibration_cache import (
+    cache_header,
+    hex_to_scale,
+    read_cache,
+    retarget_cache,
+    scale_to_hex,
+    version_code,
+    write_cache,
+)
 from resnet_deploy.targets.tensorrt.profiles import get_profile
 
 

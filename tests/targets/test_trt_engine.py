@@ -18,18 +18,18 @@ import pytest
 import torch
 
 from resnet_deploy.calibration.preprocess import Preprocessing
-from resnet_deploy.targets.tensorrt.calibration_cache import read_cache
 from resnet_deploy.errors import BundleError, ConfigError, DependencyError
 from resnet_deploy.models import build_model
 from resnet_deploy.pipeline.export import export_onnx
 from resnet_deploy.pipeline.fold import fold_batchnorm
 from resnet_deploy.targets import CompileInput, get_target
-from resnet_deploy.targets.tensorrt import engine_cache as cache
 from resnet_deploy.targets.tensorrt import engine as _trt_engine
+from resnet_deploy.targets.tensorrt import engine_cache as cache
+from resnet_deploy.targets.tensorrt.calibration_cache import read_cache
 from resnet_deploy.targets.tensorrt.config import TrtBuildConfig, quantization_mode
+from resnet_deploy.targets.tensorrt.profiles import get_profile
 from resnet_deploy.targets.tensorrt.runner import TrtRunner
 from resnet_deploy.targets.tensorrt.trtexec import render_script, trtexec_args
-from resnet_deploy.targets.tensorrt.profiles import get_profile
 
 PREP = Preprocessing((32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
@@ -74,9 +74,7 @@ def _as_bundle(bundle: Path, arts) -> None:
     """The rest of a bundle around a compiled target folder (report, preprocessing, sample, manifest), so the
     device side (device-build, infer) takes it as a build's."""
     from resnet_deploy.pipeline import bundle as bundle_io
-
-    from resnet_deploy.pipeline.records import (DataInfo, DataSet, Gate, Host, ModelInfo, Reference, Report,
-                                                to_json)
+    from resnet_deploy.pipeline.records import DataInfo, DataSet, Gate, Host, ModelInfo, Reference, Report, to_json
 
     data = DataSet("x", 2, 0, 0)
     report = Report("passed", "", ModelInfo("resnet20", 10, PREP.shape, "test", "A", 0), PREP.to_dict(),
