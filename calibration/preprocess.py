@@ -159,11 +159,11 @@ class Preprocessing:
             if self.crop_ratio < 1.0:
                 scale = max(h, w) / self.crop_ratio / min(img.size)
                 new = (max(w, round(img.size[0] * scale)), max(h, round(img.size[1] * scale)))
-                img = img.resize(new, Image.BILINEAR)
+                img = img.resize(new, Image.Resampling.BILINEAR)
                 left, top = (img.size[0] - w) // 2, (img.size[1] - h) // 2
                 img = img.crop((left, top, left + w, top + h))
             else:
-                img = img.resize((w, h), Image.BILINEAR)
+                img = img.resize((w, h), Image.Resampling.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8)
         return arr[:, :, None] if arr.ndim == 2 else arr
 
@@ -242,4 +242,4 @@ def parse_size(text: str) -> tuple[int, int]:
         raise ConfigError(f"--input-size {text} is too small: at least {MIN_INPUT_SIZE} pixels a side.")
     if max(size) > MAX_INPUT_SIZE:
         raise ConfigError(f"--input-size {text} is too large: at most {MAX_INPUT_SIZE} pixels a side.")
-    return size  # type: ignore[return-value]
+    return size

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -91,7 +92,7 @@ def make_qdq_onnx(fp32_onnx: Path, out: Path, calibration: np.ndarray, *, sessio
         rules = METHODS if method == AUTO else (method,)
         ranges = activation_amax_by_method(fp32_onnx, calibration, session=session, methods=rules,
                                            tensors=float_tensors(model))
-    for name, table in ranges.items():
+    for table in ranges.values():
         missing = [t for t in plan.activations if t not in table]
         if missing:
             raise ConfigError(f"no activation range for {', '.join(missing[:3])}: calibrate with this model.")
@@ -109,6 +110,7 @@ def make_qdq_onnx(fp32_onnx: Path, out: Path, calibration: np.ndarray, *, sessio
             best = rank
         else:
             candidate.unlink(missing_ok=True)
+    assert best is not None  # ranges holds at least one method: the given table, or each of METHODS
     chosen = best[2]
     out.with_name(f"{out.stem}.{chosen}{out.suffix}").replace(out)
     agreement = scored[chosen] if len(check) else None
@@ -241,7 +243,7 @@ def insert_qdq(model, plan: QdqPlan, amax: dict[str, float]) -> None:
         scale_name, zero_name = f"{tensor}_qdq_scale", f"{tensor}_qdq_zero_point"
         new_inits.append(numpy_helper.from_array(scale, scale_name))
         new_inits.append(numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), zero_name))
-        attrs = {} if axis is None else {"axis": axis}
+        attrs: dict[str, Any] = {} if axis is None else {"axis": axis}
         q = helper.make_node("QuantizeLinear", [tensor, scale_name, zero_name], [f"{tensor}_quantized"],
                              name=f"{tensor}_QuantizeLinear", **attrs)
         dq = helper.make_node("DequantizeLinear", [f"{tensor}_quantized", scale_name, zero_name],

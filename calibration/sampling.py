@@ -66,13 +66,15 @@ def decode(
     if images is not None and images.shape[1:3] == (h, w) and (images.ndim == 3) == (prep.channels == 1):
         # Already decoded at the model's size (IDX data): no per-image work.
         pixels = images[indices].reshape(len(indices), h, w, prep.channels)
-        idents = tuple(source.ident(int(i)) for i in indices)
         if progress is not None:
             for _ in indices:
                 progress()
-        return ImageBatch(np.ascontiguousarray(pixels), source.labels[indices], idents, ())
+        known = tuple(source.ident(int(i)) for i in indices)
+        return ImageBatch(np.ascontiguousarray(pixels), source.labels[indices], known, ())
     out = np.empty((len(indices), h, w, prep.channels), dtype=np.uint8)
-    keep, idents, skipped = [], [], []
+    keep: list[int] = []
+    idents: list[str] = []
+    skipped: list[str] = []
     for i in indices:
         ident = source.ident(int(i))
         try:

@@ -29,9 +29,11 @@ _IDX_NAMES = {"train": "train", "test": "t10k"}
 class ImageSource(Protocol):
     """A labelled, indexable image collection."""
 
-    name: str
     class_names: tuple[str, ...]
     labels: np.ndarray  # int64, one per image
+
+    @property
+    def name(self) -> str: ...
 
     def __len__(self) -> int: ...
 
@@ -120,7 +122,8 @@ def read_idx(path: Path) -> np.ndarray:
         arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
         return arr.reshape(dims)
     except (OSError, ValueError, struct.error, EOFError) as err:
-        raise DataError(f"{path} is not a readable IDX file ({err}). Reinstall the data or point to another copy.") from None
+        raise DataError(f"{path} is not a readable IDX file ({err}). "
+                        "Reinstall the data or point to another copy.") from None
 
 
 def _find_idx(folder: Path, split: str) -> tuple[Path, Path] | None:
@@ -141,7 +144,8 @@ def fashion_mnist_dir() -> Path | None:
     return None
 
 
-def open_idx(folder: Path, split: str, *, flag: str, class_names: tuple[str, ...] = FASHION_MNIST_CLASSES) -> ArraySource:
+def open_idx(folder: Path, split: str, *, flag: str,
+             class_names: tuple[str, ...] = FASHION_MNIST_CLASSES) -> ArraySource:
     found = _find_idx(folder, split)
     if not found:
         raise DataError(f"{flag}: {folder} has no {_IDX_NAMES[split]}-images/labels IDX files for the {split} split.")

@@ -110,7 +110,8 @@ def load_runner(b: LoadedBundle, artifact: Artifact, *, threads: int | None = No
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
         raise BundleError(f"{b.path / artifact.path} cannot be loaded by {artifact.runtime} "
                           f"({err.__class__.__name__}: {first}). "
-                          "The file may be damaged or from a newer runtime: rebuild or copy the bundle again.") from None
+                          "The file may be damaged or from a newer runtime: "
+                          "rebuild or copy the bundle again.") from None
 
 
 def device_build(bundle: Path, options: Mapping[str, Any], *, force: bool = False,
@@ -187,7 +188,8 @@ def infer(b: LoadedBundle, runner: Runner, paths: Sequence[Path], *, top: int = 
     names = b.prep.class_names
     out: list[dict[str, Any]] = []
     for start in range(0, len(paths), chunk):
-        inputs, answered = [], []
+        inputs: list[np.ndarray] = []
+        answered: list[dict[str, Any]] = []
         for p in paths[start : start + chunk]:
             try:
                 inputs.append(read_image(p, b.prep))
@@ -207,8 +209,9 @@ def infer(b: LoadedBundle, runner: Runner, paths: Sequence[Path], *, top: int = 
 
 
 def bench(b: LoadedBundle, runner: Runner, artifact: Artifact, *, batches: Sequence[int] = (1,),
-          latency: LatencySettings = LatencySettings(), accuracy: bool = True) -> dict[str, Any]:
+          latency: LatencySettings | None = None, accuracy: bool = True) -> dict[str, Any]:
     """Latency per batch size on evaluation images, and top-1 on the bundle's labelled sample."""
+    latency = latency or LatencySettings()
     try:
         pixels, labels, names = bundle_io.load_eval_sample(b.path / bundle_io.EVAL_SAMPLE)
     except (OSError, ValueError, KeyError) as err:

@@ -41,7 +41,7 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A new conv equal to ``bn(conv(x))`` in eval mode."""
     if bn.training or conv.training:
         raise ValueError("folding needs both modules in eval mode")
-    if not bn.track_running_stats or bn.running_mean is None:
+    if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
         raise ValueError("batch-norm without running statistics cannot be folded")
     fused = copy.deepcopy(conv)
     w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
@@ -73,8 +73,9 @@ def _fold_in_place(module: nn.Module) -> int:
         count += 1
     if isinstance(module, nn.Sequential):
         for i in range(len(module) - 1):
-            if isinstance(module[i], nn.Conv2d) and isinstance(module[i + 1], nn.BatchNorm2d):
-                module[i] = fuse_conv_bn(module[i], module[i + 1])
+            conv, norm = module[i], module[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                module[i] = fuse_conv_bn(conv, norm)
                 module[i + 1] = nn.Identity()
                 count += 1
     for child in module.children():

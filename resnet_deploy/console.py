@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 @dataclass
@@ -42,19 +50,18 @@ class Ui:
 @dataclass
 class Task:
     progress: Progress | None
-    task_id: object
+    task_id: TaskID | None
 
     def advance(self, n: int = 1) -> None:
-        if self.progress is not None:
+        if self.progress is not None and self.task_id is not None:
             self.progress.advance(self.task_id, n)
 
     def update(self, *, completed: int | None = None, total: int | None = None, note: str | None = None,
                description: str | None = None) -> None:
-        if self.progress is None:
+        if self.progress is None or self.task_id is None:
             return
-        kwargs = {k: v for k, v in (("completed", completed), ("total", total), ("note", note),
-                                    ("description", description)) if v is not None}
-        self.progress.update(self.task_id, **kwargs)
+        # rich leaves a field unchanged when it is None; the note is a custom field, set only when given
+        self.progress.update(self.task_id, completed=completed, total=total, description=description)
+        if note is not None:
+            self.progress.update(self.task_id, note=note)
 
-
-QUIET = Ui(quiet=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -60,8 +59,9 @@ def _load(value: str) -> type[Target]:
     cls = getattr(importlib.import_module(module), attr)
     if not (isinstance(cls, type) and issubclass(cls, Target)):
         raise TypeError(f"{value} is not a resnet_deploy Target subclass")
-    if getattr(cls, "api_version", None) not in range(1, PLUGIN_API + 1):
-        raise TypeError(f"{value} implements plug-in API {cls.api_version}; this resnet-deploy speaks 1..{PLUGIN_API}")
+    version = getattr(cls, "api_version", None)
+    if version not in range(1, PLUGIN_API + 1):
+        raise TypeError(f"{value} implements plug-in API {version}; this resnet-deploy speaks 1..{PLUGIN_API}")
     return cls
 
 

@@ -8,8 +8,12 @@ torchvision (resnet*, resnext*, wide_resnet*) and timm (the "d" and "se" variant
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from resnet_deploy.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported only when a model is built
+    from resnet_deploy.models.resnet import ResNet, Shortcut, Stem
 
 BLOCKS = ("basic", "bottleneck")
 FAMILIES = ("imagenet", "cifar")
@@ -119,7 +123,7 @@ def get_arch(name: str) -> ArchSpec:
 
 def build_model(
     arch: str, *, num_classes: int = 1000, in_channels: int = 3, shortcut: str | None = None
-):
+) -> ResNet:
     """A freshly initialised model. ``shortcut`` overrides the family's default ("B" ImageNet, "A" CIFAR)."""
     from resnet_deploy.models.resnet import BasicBlock, Bottleneck, ResNet
 
@@ -136,8 +140,8 @@ def build_model(
         block,
         list(spec.layers),
         widths=spec.widths,
-        stem=spec.stem,  # type: ignore[arg-type]
-        shortcut=kind,
+        stem=cast("Stem", spec.stem),  # checked by ArchSpec
+        shortcut=cast("Shortcut", kind),  # checked above
         avg_down=spec.downsample == "avg",
         groups=spec.groups,
         width_per_group=spec.width_per_group,
@@ -145,8 +149,7 @@ def build_model(
         num_classes=num_classes,
         in_channels=in_channels,
     )
-    model.arch = spec.name  # type: ignore[attr-defined]
-    model.shortcut = kind  # type: ignore[attr-defined]
+    model.arch = spec.name
     return model
 
 

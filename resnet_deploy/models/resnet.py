@@ -176,6 +176,8 @@ class ResNet(nn.Module):
             raise ValueError(f"layers {layers} and widths {widths} differ in length")
         if stem not in ("default", "deep", "cifar"):
             raise ValueError(f"stem must be 'default', 'deep' or 'cifar', got {stem!r}")
+        self.arch = ""  # the registry's name, set by build_model
+        self.shortcut: Shortcut = shortcut
         self.in_planes = widths[0]
         self.conv1 = _stem(stem, in_channels, widths[0], stem_width)
         self.bn1 = nn.BatchNorm2d(widths[0])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import struct
 from pathlib import Path
+from typing import SupportsFloat
 
 import numpy as np
 
@@ -30,7 +31,7 @@ def parse_version(version: str) -> tuple[int, int, int]:
     """'8.5.2' or '10.3.0.30' -> (major, minor, patch)."""
     parts = version.strip().split(".")
     try:
-        major, minor, patch = (int(p) for p in (parts + ["0", "0"])[:3])
+        major, minor, patch = (int(p) for p in [*parts, "0", "0"][:3])
     except ValueError:
         raise ConfigError(f"TensorRT version must look like 10.3.0, got {version!r}.") from None
     return major, minor, patch
@@ -48,7 +49,7 @@ def cache_header(trt_version: str, *, algorithm: str = ALGORITHM) -> str:
     return f"TRT-{version_code(trt_version)}-{algorithm}"
 
 
-def scale_to_hex(scale: float) -> str:
+def scale_to_hex(scale: SupportsFloat) -> str:
     """The big-endian hex of the float32 bits: 0.0078125 -> '3c000000'."""
     return struct.pack(">f", float(np.float32(scale))).hex()
 

@@ -64,7 +64,7 @@ class TrtPreset:
 
 DESKTOP = TrtPreset(device="desktop", max_batch=32, opt_for_latency=False, workspace_mb=2048, device_flag=False)
 # orin-nano: every Orin module runs its bundle (same JetPack 6 / TensorRT 10.3 / sm 8.7), and it
-# assumes no DLA, which the Orin Nano lacks; pass --device agx-orin or orin-nx to use a DLA core.
+# assumes no DLA, which the Orin Nano lacks; pass --device agx-orin or orin-nx-8gb/16gb to use a DLA core.
 JETSON = TrtPreset(device="orin-nano", max_batch=8, opt_for_latency=True, workspace_mb=512, device_flag=True)
 
 
@@ -98,7 +98,7 @@ class TrtOptions:
             cores = self.profile.dla_cores
             if cores == 0:
                 raise ConfigError(f"--dla-core {self.dla_core}: {self.profile.gpu} (--device {self.profile.name}) "
-                                  "has no DLA; leave --dla-core out, or pick agx-orin, orin-nx or a Xavier.")
+                                  "has no DLA; leave --dla-core out, or pick agx-orin, orin-nx-8gb, orin-nx-16gb or a Xavier.")
             if not 0 <= self.dla_core < cores:
                 raise ConfigError(f"--dla-core must be 0..{cores - 1} on {self.profile.gpu}, got {self.dla_core}.")
 

@@ -57,8 +57,13 @@ class DeviceProfile:
 # JetPack 5.1.x -> TensorRT 8.5.2, JetPack 4.6.1+ -> TensorRT 8.2.1 (the last release for Nano/TX2).
 # Fast INT8 (DP4A / INT8 tensor cores) exists from sm 6.1 on, but not on the Tegra sm 5.3 and 6.2 parts.
 _PROFILES = (
-    DeviceProfile("orin-nano", "Jetson Orin Nano (Ampere)", (8, 7), 0, True, "6.1", "10.3.0"),
-    DeviceProfile("orin-nx", "Jetson Orin NX (Ampere)", (8, 7), 2, True, "6.1", "10.3.0"),
+    # Orin Nano: no DLA in either memory size; one bundle serves both ("orin-nano").
+    DeviceProfile("orin-nano", "Jetson Orin Nano 4/8 GB (Ampere)", (8, 7), 0, True, "6.1", "10.3.0"),
+    DeviceProfile("orin-nano-4gb", "Jetson Orin Nano 4 GB (Ampere)", (8, 7), 0, True, "6.1", "10.3.0"),
+    DeviceProfile("orin-nano-8gb", "Jetson Orin Nano 8 GB (Ampere)", (8, 7), 0, True, "6.1", "10.3.0"),
+    # Orin NX: the 8 GB module has one NVDLA v2 core, the 16 GB module two (NVIDIA's Orin NX data sheet).
+    DeviceProfile("orin-nx-8gb", "Jetson Orin NX 8 GB (Ampere)", (8, 7), 1, True, "6.1", "10.3.0"),
+    DeviceProfile("orin-nx-16gb", "Jetson Orin NX 16 GB (Ampere)", (8, 7), 2, True, "6.1", "10.3.0"),
     DeviceProfile("agx-orin", "Jetson AGX Orin (Ampere)", (8, 7), 2, True, "6.1", "10.3.0"),
     DeviceProfile("xavier-nx", "Jetson Xavier NX (Volta)", (7, 2), 2, True, "5.1", "8.5.2"),
     DeviceProfile("agx-xavier", "Jetson AGX Xavier (Volta)", (7, 2), 2, True, "5.1", "8.5.2"),
@@ -71,9 +76,18 @@ _PROFILES = (
 PROFILES: dict[str, DeviceProfile] = {p.name: p for p in _PROFILES}
 
 
+# Names that mean more than one module with different DLA counts: the user must say which.
+AMBIGUOUS = {"orin-nx": ("orin-nx-8gb", "orin-nx-16gb")}
+
+
 def get_profile(name: str) -> DeviceProfile:
+    key = name.lower()
+    if key in AMBIGUOUS:
+        options = " or ".join(f"{n} ({PROFILES[n].dla_cores} DLA core{'s' if PROFILES[n].dla_cores != 1 else ''})"
+                              for n in AMBIGUOUS[key])
+        raise ConfigError(f"--device {name} is ambiguous: the modules differ in DLA cores. Give {options}.")
     try:
-        return PROFILES[name.lower()]
+        return PROFILES[key]
     except KeyError:
         raise ConfigError(
             f"Unknown device {name!r} (--device). Known devices: {', '.join(PROFILES)}."

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shlex
 
-from resnet_deploy.targets.tensorrt.calibration_cache import parse_version
+from resnet_deploy.targets.tensorrt.calibration_cache import parse_version, version_code
 from resnet_deploy.targets.tensorrt.config import TrtBuildConfig
 
 
@@ -18,13 +18,17 @@ def _shape(name: str, shape: tuple[int, ...]) -> str:
     return f"{name}:{'x'.join(str(d) for d in shape)}"
 
 
+ENGINES = "engines"  # everything the device writes goes here: the bundle's own files stay as listed
+CALIB_ON_DEVICE = "$CALIB"  # the script's copy of the cache with this TensorRT's header
+
+
 def engine_name(cfg: TrtBuildConfig) -> str:
     where = f"_dla{cfg.dla_core}" if cfg.dla_core is not None else ""
-    return f"model_{cfg.precision}{where}.engine"
+    return f"{ENGINES}/model_{cfg.precision}{where}.engine"
 
 
 def trtexec_args(cfg: TrtBuildConfig, *, trt_version: str | None = None, engine: str | None = None,
-                 timing_cache: str = "timing.cache", calibration_cache: str | None = None) -> list[str]:
+                 timing_cache: str = f"{ENGINES}/timing.cache", calibration_cache: str | None = None) -> list[str]:
     """trtexec's arguments (without the program), paths relative to the target folder."""
     version = trt_version or cfg.profile.tensorrt
     major_minor = parse_version(version)[:2]
@@ -55,20 +59,43 @@ def trtexec_command(cfg: TrtBuildConfig, **kwargs) -> str:
     return " ".join(shlex.quote(a) for a in ["trtexec", *trtexec_args(cfg, **kwargs)])
 
 
+def _quote(arg: str) -> str:
+    """shlex.quote, except that the calibration-cache variable the script sets stays expandable."""
+    if CALIB_ON_DEVICE in arg:
+        head, _, tail = arg.partition(CALIB_ON_DEVICE)
+        return f'{shlex.quote(head)}"{CALIB_ON_DEVICE}"{shlex.quote(tail) if tail else ""}'
+    return shlex.quote(arg)
+
+
 def render_script(cfg: TrtBuildConfig) -> str:
-    """A POSIX shell script that runs trtexec from the folder it lives in; extra arguments pass through."""
+    """A POSIX shell script that runs trtexec from the folder it lives in; extra arguments pass through.
+
+    Implicit INT8 (TensorRT 8.x, DLA) reads the calibration cache, whose first line names the TensorRT
+    release that may read it: the script copies the cache with the header of the TensorRT it runs (the
+    version trtexec prints in its banner), so a JetPack other than the profile's still takes it.
+    """
     p = cfg.profile
     stack = f"JetPack {p.jetpack}, TensorRT {p.tensorrt}" if p.jetpack else f"TensorRT {p.tensorrt}"
+    implicit = cfg.mode() == "implicit"
     lines = [
         "#!/bin/sh",
         f"# Build the TensorRT {cfg.precision.upper()} engine for {p.gpu} ({stack}) with trtexec.",
         "# Written by resnet-deploy; `resnet-deploy device-build BUNDLE` builds the same engine from Python",
-        "# and keeps it in an engine cache keyed on the TensorRT version and GPU.",
+        "# and keeps it in an engine cache keyed on the TensorRT version and GPU. Output goes to engines/.",
         "set -eu",
         'cd "$(dirname "$0")"',
         'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"',
-        'exec "$TRTEXEC" \\',
-        *[f"    {shlex.quote(a)} \\" for a in trtexec_args(cfg)],
-        '    "$@"',
+        f"mkdir -p {ENGINES}",
     ]
+    if implicit:
+        lines += [
+            "# The cache header must name this TensorRT: read its version code from trtexec's banner",
+            "# ('&&&& RUNNING TensorRT.trtexec [TensorRT v8502]') and rewrite the first line to match.",
+            'CODE=$("$TRTEXEC" --help 2>&1 | sed -n \'s/.*\\[TensorRT v\\([0-9][0-9]*\\)\\].*/\\1/p\' | head -n 1)',
+            f"CALIB={ENGINES}/calibration.cache",
+            f'sed "1s/^TRT-[0-9]*-/TRT-${{CODE:-{version_code(p.tensorrt)}}}-/" {shlex.quote(cfg.calibration_cache)} '
+            '> "$CALIB"',
+        ]
+    args = trtexec_args(cfg, calibration_cache=CALIB_ON_DEVICE if implicit else None)
+    lines += ['exec "$TRTEXEC" \\', *[f"    {_quote(a)} \\" for a in args], '    "$@"']
     return "\n".join(lines) + "\n"

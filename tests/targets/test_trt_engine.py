@@ -199,9 +199,9 @@ def test_dla_override_is_validated_against_the_profile():
 
 def test_trtexec_explicit_int8_on_tensorrt_10():
     args = trtexec_args(_config())
-    assert args == ["--onnx=model_qdq.onnx", "--saveEngine=model_int8.engine", "--int8", "--fp16",
+    assert args == ["--onnx=model_qdq.onnx", "--saveEngine=engines/model_int8.engine", "--int8", "--fp16",
                     "--minShapes=input:1x3x32x32", "--optShapes=input:2x3x32x32", "--maxShapes=input:8x3x32x32",
-                    "--memPoolSize=workspace:512M", "--timingCacheFile=timing.cache"]
+                    "--memPoolSize=workspace:512M", "--timingCacheFile=engines/timing.cache"]
 
 
 def test_trtexec_dla_uses_the_fp32_onnx_with_the_cache():
