@@ -36,7 +36,8 @@ def real_images(size: int, *, calib: int, evals: int = 0, data: Path = CIFAR10, 
     if (data / "train").is_dir() and (data / "test").is_dir():
         spec = str(data)
     elif fashion_mnist_dir() is not None:
-        print(f"note: {data} is absent; calibrating on Fashion-MNIST (grey, replicated to RGB) instead", file=sys.stderr)
+        print(f"note: {data} is absent; calibrating on Fashion-MNIST (grey, replicated to RGB) instead",
+              file=sys.stderr)
         spec = "fashion-mnist"
     else:
         raise SystemExit(f"no real images: {data} is absent and Fashion-MNIST is not installed "

@@ -27,6 +27,7 @@ slower than one thread, so read those rows with the thread count in mind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -237,11 +238,13 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     rows = [row for c in cases for row in summarise(c.model, len(c.batch), c.stats, agreements[c.model])]
-    meta = {"cpu": cpu_name(), "cores": os.cpu_count(), "isa": isa_summary(), "size": args.size, "rounds": args.rounds, "calibration": source,
+    meta = {"cpu": cpu_name(), "cores": os.cpu_count(), "isa": isa_summary(), "size": args.size,
+            "rounds": args.rounds, "calibration": source,
             "threads": args.threads or "runtime defaults",
             "command": " ".join(["python", "benchmarks/bench_cpu.py", *(argv if argv is not None else sys.argv[1:])]),
             "seconds": round(time.perf_counter() - started, 1), "versions": _versions()}
-    print(f"\nCPU: {meta['cpu']} ({meta['cores']} logical cores; {meta['isa']}); {args.size}x{args.size}; threads: {meta['threads']}; "
+    print(f"\nCPU: {meta['cpu']} ({meta['cores']} logical cores; {meta['isa']}); {args.size}x{args.size}; "
+          f"threads: {meta['threads']}; "
           f"medians of {args.rounds} interleaved rounds; "
           f"ratios: median per-round p50 ratio (< 1 is faster)")
     print(text_table(rows))
@@ -260,10 +263,8 @@ def _versions() -> dict[str, str]:
 
     out = {}
     for pkg in ("torch", "onnxruntime", "openvino", "nncf", "numpy"):
-        try:
+        with contextlib.suppress(md.PackageNotFoundError):
             out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
     return out
 
 

@@ -39,7 +39,8 @@ def ort_variants(fp32: Path, work: Path, calib: np.ndarray) -> dict[str, Path]:
         "ort qdq u8s8 pc": dict(quant_format=QuantFormat.QDQ, activation_type=U8, per_channel=True),
         "ort qdq s8s8 pc": dict(quant_format=QuantFormat.QDQ, activation_type=S8, per_channel=True),
         "ort qdq u8s8 pt": dict(quant_format=QuantFormat.QDQ, activation_type=U8, per_channel=False),
-        "ort qdq u8s8 pc rr": dict(quant_format=QuantFormat.QDQ, activation_type=U8, per_channel=True, reduce_range=True),
+        "ort qdq u8s8 pc rr": dict(quant_format=QuantFormat.QDQ, activation_type=U8, per_channel=True,
+                                   reduce_range=True),
         "ort qop u8s8 pc": dict(quant_format=QuantFormat.QOperator, activation_type=U8, per_channel=True),
     }
     out = {}
@@ -169,7 +170,8 @@ def main() -> None:
         print(f"{name:32s} {med:8.2f} {min(p50s[name]):8.2f} {med / base:10.3f} "
               f"{quality[name]['agreement']:7.3f} {quality[name]['cosine']:8.4f}")
     if args.out:
-        args.out.write_text(json.dumps({"arch": args.arch, "size": args.size, "cpu": cpu_name(), "rows": rows}, indent=1))
+        args.out.write_text(json.dumps({"arch": args.arch, "size": args.size, "cpu": cpu_name(), "rows": rows},
+                                       indent=1))
 
 
 if __name__ == "__main__":

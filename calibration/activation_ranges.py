@@ -27,7 +27,6 @@ METHODS = ("max", "percentile", "entropy")
 #   (-2.8 points top-1), percentile 99.5%, max 99.4% (-0.1 points).
 # So the default ("auto", in qdq.py) computes all three from one pass of statistics and keeps the one
 # whose Q/DQ model agrees best with FP32 on the calibration images (never the evaluation images).
-DEFAULT_METHOD = "percentile"
 HIST_BINS = 2048
 QUANT_BINS = 128  # positive INT8 levels the entropy rule folds the histogram into
 MIN_AMAX = 1e-6  # an all-zero tensor still needs a positive scale; its value does not matter
@@ -62,14 +61,6 @@ def _with_outputs(model, outputs: list[str]) -> bytes:
 def _batches(calibration: np.ndarray, batch_size: int) -> Iterable[np.ndarray]:
     for start in range(0, len(calibration), batch_size):
         yield np.ascontiguousarray(calibration[start:start + batch_size], dtype=np.float32)
-
-
-def activation_amax(onnx_path: Path, calibration: np.ndarray, *, session: SessionFactory,
-                    method: str = DEFAULT_METHOD, tensors: list[str] | None = None, percentile: float = 99.99,
-                    batch_size: int = 8) -> dict[str, float]:
-    """tensor name -> amax over ``calibration`` (float32 NCHW) for ``tensors`` (default: every float tensor)."""
-    return activation_amax_by_method(onnx_path, calibration, session=session, methods=(method,), tensors=tensors,
-                                     percentile=percentile, batch_size=batch_size)[method]
 
 
 def activation_amax_by_method(onnx_path: Path, calibration: np.ndarray, *, session: SessionFactory,
@@ -173,7 +164,8 @@ def _entropy_divergences(hist: np.ndarray, clips: np.ndarray) -> np.ndarray:
         inner = chl[i - 1] - (log_v * level_sum).sum(1) + last * log_v[:, -1] + log_ratio * inner_sum
         # bin i-1 carries the tail: (h + T)(log(h + T) - log v_127 + log C_i - log S)
         carried = last + tail
-        edge = np.where(carried > 0, carried * (np.log(np.where(carried > 0, carried, 1.0)) - log_v[:, -1] + log_ratio), 0.0)
+        log_carried = np.log(np.where(carried > 0, carried, 1.0))
+        edge = np.where(carried > 0, carried * (log_carried - log_v[:, -1] + log_ratio), 0.0)
         out = (inner + edge) / total
     invalid = (below == 0) | (total == 0) | ((last == 0) & (tail > 0))  # Q cannot hold mass P has
     out[invalid] = np.inf

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -87,9 +87,6 @@ class Preprocessing:
     def resize_side(self) -> int:
         """The shorter side an image needs before the final resize/crop (for reduced decoding)."""
         return math.ceil(max(self.input_size) / self.crop_ratio)
-
-    def with_classes(self, names: tuple[str, ...] | list[str]) -> Preprocessing:
-        return replace(self, class_names=tuple(names))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -5,7 +5,8 @@ Placement follows TensorRT's developer guide ("Q/DQ layer placement") and pytorc
 - weights per output channel, as FP32 + a Q/DQ pair that TensorRT (8.0+) folds into INT8: the scale axis
   must be the output dimension (Conv and Gemm transB=1: axis 0; Gemm transB=0 and MatMul: axis 1);
 - activations per tensor on each Conv/Gemm/MatMul input and each residual Add's shortcut, so TensorRT
-  fuses the Add into the convolution; none on layer outputs (conv outputs, logits): TensorRT chooses.
+  fuses the Add into the convolution; none on layer outputs (conv outputs, logits): TensorRT chooses;
+- none on a Gemm/MatMul with K or N below 16 (ModelOpt's rule: INT8 does not pay off there).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from resnet_deploy.calibration.activation_ranges import (
 from resnet_deploy.errors import ConfigError, VerificationError
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+# ModelOpt's ONNX quantizer leaves Gemm/MatMul with K or N below 16 in float: TensorRT's INT8 GEMM
+# kernels need multiples of 16, so such a layer (a 10-class classifier) costs reformatting, not saves it.
+MIN_GEMM_DIM = 16
 MIN_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear
 AGREEMENT_IMAGES = 300  # calibration images the "auto" rule and the recorded agreement use
 AUTO = "auto"  # try every amax rule, keep the one whose Q/DQ model agrees best with FP32
@@ -150,11 +154,14 @@ def _top1_agreement(fp32: Path, qdq: Path, batch: np.ndarray, *, session: Sessio
 def plan_qdq(graph) -> QdqPlan:
     """Decide the Q/DQ placement on an FP32 graph (see the module docstring)."""
     producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
+    shapes = {t.name: tuple(t.dims) for t in graph.initializer}
     activations: dict[str, list[tuple[int, int]]] = {}
     weights: dict[str, int] = {}
     weight_uses: dict[str, list[tuple[int, int]]] = {}
     for i, node in enumerate(graph.node):
         if node.op_type in WEIGHTED_OPS:
+            if node.op_type != "Conv" and _small_matmul(node, shapes):
+                continue  # left in float, as ModelOpt does: INT8 does not pay off (see MIN_GEMM_DIM)
             activations.setdefault(node.input[0], []).append((i, 0))
             weights[node.input[1]] = _weight_axis(node)
             weight_uses.setdefault(node.input[1], []).append((i, 1))
@@ -163,6 +170,12 @@ def plan_qdq(graph) -> QdqPlan:
             if identity is not None:
                 activations.setdefault(node.input[identity], []).append((i, identity))
     return QdqPlan(activations, weights, weight_uses)
+
+
+def _small_matmul(node, shapes: dict[str, tuple[int, ...]]) -> bool:
+    """A Gemm/MatMul whose weight has K or N below ``MIN_GEMM_DIM`` (a 10-class classifier)."""
+    dims = shapes.get(node.input[1])
+    return dims is not None and len(dims) == 2 and min(dims) < MIN_GEMM_DIM
 
 
 def _weight_axis(node) -> int:

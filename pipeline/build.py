@@ -214,7 +214,8 @@ def load_model_stage(s: BuildSettings, ui: Ui) -> ckpt.LoadedModel:
     else:
         loaded = ckpt.load_model(EMBEDDED_MODEL, num_classes=s.num_classes)
         loaded = replace(loaded, source="embedded:" + EMBEDDED_MODEL.name)
-    ui.info(f"model: {loaded.arch}, {loaded.num_classes} classes, {loaded.in_channels} channel(s), from {loaded.source}")
+    ui.info(f"model: {loaded.arch}, {loaded.num_classes} classes, {loaded.in_channels} channel(s), "
+            f"from {loaded.source}")
     return loaded
 
 
@@ -306,13 +307,10 @@ def compile_stage(target: Target, options: Any, converted: Converted, data: Data
     ui.info(f"compile: {target.name} ({target.summary})")
     inp = CompileInput(converted.onnx, data.calib.inputs(data.prep), data.prep, options)
     # Quantizers draw their own progress bars on stdout; keep stdout for results (--json).
-    sink = open(os.devnull, "w") if ui.quiet else sys.stderr
-    try:
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(open(os.devnull, "w")) if ui.quiet else sys.stderr
         with contextlib.redirect_stdout(sink):
             return list(target.compile(inp, staging))
-    finally:
-        if sink is not sys.stderr:
-            sink.close()
 
 
 def _artifact_bytes(staging: Path, artifact: Artifact) -> int:
@@ -356,10 +354,8 @@ def _versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "resnet-deploy": md.version("resnet-deploy")}
     packages = ["torch", "onnx", "numpy", *(p for rt in runtimes().values() for p in rt.packages)]
     for pkg in dict.fromkeys(packages):
-        try:
+        with contextlib.suppress(md.PackageNotFoundError):
             out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
     return out
 
 

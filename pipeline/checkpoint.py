@@ -66,10 +66,9 @@ def _check_meta(meta: Any, path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise CheckpointError(f"{where} is a {type(meta).__name__}, not an object. Re-save the checkpoint with "
                               "`resnet-deploy train`, or save only the weights (then pass the flags).")
-    if "arch" in meta:
-        if not isinstance(meta["arch"], str) or meta["arch"].lower() not in list_archs():
-            raise CheckpointError(f"{where} names architecture {meta['arch']!r}, which is unknown (known: "
-                                  f"{', '.join(list_archs())}). Save only the weights and pass --arch.")
+    if "arch" in meta and (not isinstance(meta["arch"], str) or meta["arch"].lower() not in list_archs()):
+        raise CheckpointError(f"{where} names architecture {meta['arch']!r}, which is unknown (known: "
+                              f"{', '.join(list_archs())}). Save only the weights and pass --arch.")
     if "shortcut" in meta and meta["shortcut"] not in ("A", "B"):
         raise CheckpointError(f"{where} has shortcut {meta['shortcut']!r}; it must be 'A' or 'B'.")
     if "preprocessing" in meta and meta["preprocessing"] is not None:
@@ -257,7 +256,8 @@ def _describe_mismatch(model: nn.Module, sd: dict[str, torch.Tensor]) -> str:
     # Checkpoints from PyTorch < 0.4.1 have no num_batches_tracked; load_state_dict fills it in.
     missing = [k for k in own if k not in sd and not k.endswith(".num_batches_tracked")]
     unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
+              for k in own if k in sd and sd[k].shape != own[k].shape]
     parts = []
     for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("different shapes", shapes)):
         if items:
@@ -285,7 +285,7 @@ def load_model(
     """Build the architecture a checkpoint fits (or the one asked for) and load it strictly."""
     sd, meta = read_checkpoint(path)
     check_finite(sd, str(path))
-    guess = {**guess_layout(sd), **{k: meta[k] for k in ("arch", "shortcut") if k in meta}}
+    guess: dict[str, Any] = {**guess_layout(sd), **{k: meta[k] for k in ("arch", "shortcut") if k in meta}}
     if arch is not None:
         arch = get_arch(arch).name  # unknown names fail here with the list of known ones
     arch = arch or guess.get("arch")

@@ -10,7 +10,6 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Accuracy:
-    predictions: np.ndarray
     top1: float
     per_class: list[float]
     agreement: float | None  # share of images whose prediction equals the reference prediction
@@ -33,8 +32,10 @@ def predict(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, *, batc
     return preds
 
 
-def score(preds: np.ndarray, labels: np.ndarray, num_classes: int, *, reference: np.ndarray | None = None) -> Accuracy:
+def score(preds: np.ndarray, labels: np.ndarray, num_classes: int, *,
+          reference: np.ndarray | None = None) -> Accuracy:
     correct = preds == labels
-    per_class = [float(correct[labels == c].mean()) if (labels == c).any() else float("nan") for c in range(num_classes)]
+    per_class = [float(correct[labels == c].mean()) if (labels == c).any() else float("nan")
+                 for c in range(num_classes)]
     agreement = float((preds == reference).mean()) if reference is not None else None
-    return Accuracy(preds, float(correct.mean()), per_class, agreement)
+    return Accuracy(float(correct.mean()), per_class, agreement)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from resnet_deploy.errors import VerificationError
+from resnet_deploy.pipeline.onnx_fold import fold_constants
 
 OPSET = 17
 INPUT_NAME = "input"
@@ -53,7 +54,7 @@ def export_onnx(model: nn.Module, path: Path, *, sample: np.ndarray, metadata: d
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             opset_version=opset, do_constant_folding=True, dynamo=False,
         )
-    proto = onnx.load(str(path))
+    proto, _ = fold_constants(onnx.load(str(path)))  # a static graph: no shape arithmetic left at run time
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key = key

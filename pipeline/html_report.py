@@ -114,7 +114,8 @@ def _header(report: Report, status: str) -> str:
     dl = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in facts)
     failures = "".join(f'<div class="failure">Gate failure: {escape(f)}</div>' for f in report.gate.failures)
     return (f'<header><h1>resnet-deploy report: {escape(model.arch)} '
-            f'<span class="badge {status}">{status.upper()}</span></h1>\n<dl class="facts">{dl}</dl>{failures}</header>')
+            f'<span class="badge {status}">{status.upper()}</span></h1>\n'
+            f'<dl class="facts">{dl}</dl>{failures}</header>')
 
 
 def _results_table(results: list[ResultRow], ref: Reference) -> str:

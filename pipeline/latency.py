@@ -26,8 +26,6 @@ class LatencySettings:
             raise ValueError("latency settings: need warmup >= 0 and 1 <= min_iterations <= max_iterations")
 
 
-QUICK = LatencySettings(warmup=5, min_iterations=20, max_iterations=200, min_seconds=0.3)
-
 
 @dataclass(frozen=True)
 class LatencyStats:

@@ -120,7 +120,8 @@ def train(
     resume: bool = False,
     on_progress: Callable[[str, int, int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
-    """Train ``settings.arch`` on ``train_source``; write ``last.pt`` each epoch and ``model.safetensors`` at the end."""
+    """Train ``settings.arch`` on ``train_source``; write ``last.pt`` each epoch and ``model.safetensors``
+    at the end."""
     rank, world, local_rank = _dist_info()
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -136,14 +137,16 @@ def train(
     test = None
     if test_source is not None:
         t = decode(test_source, np.arange(len(test_source)), prep, flag="--test-data")
-        test = (torch.from_numpy(t.pixels).permute(0, 3, 1, 2).contiguous().to(device), torch.from_numpy(t.labels).to(device))
+        test = (torch.from_numpy(t.pixels).permute(0, 3, 1, 2).contiguous().to(device),
+                torch.from_numpy(t.labels).to(device))
 
     num_classes = len(prep.class_names)
     model = build_model(settings.arch, num_classes=num_classes, in_channels=prep.channels).to(device)
     meta = {"arch": get_arch(settings.arch).name, "shortcut": model.shortcut, "num_classes": num_classes,
             "in_channels": prep.channels, "preprocessing": prep.to_dict(), "train": asdict(settings)}
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on BN and biases
     opt = torch.optim.SGD(
         [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -152,6 +155,7 @@ def train(
     per_rank = len(labels) // world
     steps_per_epoch = math.ceil(per_rank / settings.batch_size)
     total = settings.epochs * steps_per_epoch
+    sched: torch.optim.lr_scheduler.LRScheduler
     if settings.schedule == "onecycle":
         # Warm up for a quarter of the steps; OneCycleLR divides by zero when that is exactly one step.
         warm_up = 0.25 if total != 4 else 0.5
@@ -204,9 +208,10 @@ def train(
             loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())
             if on_progress and rank == 0:
-                on_progress("step", epoch, step + 1, {"loss": loss_sum / seen, "acc": correct / seen, "steps": steps_per_epoch})
+                on_progress("step", epoch, step + 1,
+                            {"loss": loss_sum / seen, "acc": correct / seen, "steps": steps_per_epoch})
         row = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_top1": correct / seen,
-               "lr": sched.get_last_lr()[0], "seconds": time.perf_counter() - t0}
+               "lr": float(sched.get_last_lr()[0]), "seconds": time.perf_counter() - t0}
         if test is not None and rank == 0:
             row["test_top1"] = evaluate(model, *test, norm)
         history.append(row)

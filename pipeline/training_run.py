@@ -22,7 +22,7 @@ def native_size(source: ImageSource) -> tuple[tuple[int, int], int]:
     """(H, W) and channel count of the first readable image: the default input record for training."""
     images = getattr(source, "images", None)
     if images is not None:
-        return tuple(images.shape[1:3]), 1 if images.ndim == 3 else images.shape[3]  # type: ignore[return-value]
+        return tuple(images.shape[1:3]), 1 if images.ndim == 3 else images.shape[3]
     first_error = ""
     for index in range(min(len(source), 20)):
         try:
@@ -80,7 +80,8 @@ def check_run_folder(out: Path, *, resume: bool) -> None:
             raise ConfigError(f"--out {out} is not empty and is not a resnet-deploy training run (no {RUN_MARKER}); "
                               "training would overwrite files in it. Choose an empty or new folder for --out.")
         if not resume and any((out / name).is_file() for name in _RUN_FILES):
-            raise ConfigError(f"--out {out} already holds a training run ({', '.join(n for n in _RUN_FILES if (out / n).is_file())}); "
+            held = ", ".join(n for n in _RUN_FILES if (out / n).is_file())
+            raise ConfigError(f"--out {out} already holds a training run ({held}); "
                               "pass --resume to continue it, or choose another --out.")
     if resume and not last.is_file():
         raise CheckpointError(f"--resume: no {last} to resume from. Run without --resume first.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ import click
 
 from resnet_deploy import __version__, environment, interrupts
 from resnet_deploy.console import Ui
-from resnet_deploy.errors import ConfigError, DataError, GateFailed, ResnetDeployError
+from resnet_deploy.errors import ConfigError, DataError, DependencyError, GateFailed, ResnetDeployError
 
 pass_ui = click.make_pass_decorator(Ui, ensure=True)
 
@@ -87,6 +88,20 @@ def main(ctx: click.Context, quiet: bool) -> None:
         _quiet_libraries(ctx.obj)
 
 
+def _require_build_side(command: str) -> None:
+    """build, train and archs need torch and the quantization toolchain (Python 3.10+); the device commands
+    run on JetPack 5's Python 3.8 with the [device] extra. Say which before anything is imported."""
+    if sys.version_info < (3, 10):
+        here = ".".join(str(v) for v in sys.version_info[:3])
+        raise ConfigError(f"resnet-deploy {command} needs Python 3.10 or newer (this is {here}): build bundles on "
+                          "a workstation and copy them to the device; the device commands infer/bench/device-build "
+                          "run here.")
+    if importlib.util.find_spec("torch") is None:
+        raise DependencyError(f"resnet-deploy {command} needs the build toolchain (torch, onnx and the quantizers), "
+                              "which is not installed here: `pip install 'resnet-deploy[build]'`. The device "
+                              "commands infer/bench/device-build need only the [device] extra.")
+
+
 def _floats(flag: str):
     def convert(ctx, param, value):
         if value is None:
@@ -126,7 +141,8 @@ def _size(ctx, param, value):
 @click.option("--arch", default="resnet20", show_default=True, help="Architecture (see `resnet-deploy archs`).")
 @click.option("--data", default="fashion-mnist", show_default=True,
               help="Training images: fashion-mnist, an ImageFolder, a folder with train/ and test/, or IDX files.")
-@click.option("--test-data", default=None, help="Held-out images for top-1 after each epoch (default: the test split of --data).")
+@click.option("--test-data", default=None,
+              help="Held-out images for top-1 after each epoch (default: the test split of --data).")
 @click.option("--epochs", type=int, default=15, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=0.1, show_default=True, help="Peak learning rate.")
@@ -146,6 +162,7 @@ def _size(ctx, param, value):
 def train(ui: Ui, arch, data, test_data, epochs, batch_size, lr, momentum, weight_decay, schedule,
           input_size, channels, mean, std, seed, threads, out, resume) -> None:
     """Train a ResNet (SGD, cosine/one-cycle LR, crops and flips); runs under torchrun too."""
+    _require_build_side("train")
     from resnet_deploy.pipeline.train import TrainSettings
     from resnet_deploy.pipeline.training_run import run_training
 
@@ -161,6 +178,7 @@ def train(ui: Ui, arch, data, test_data, epochs, batch_size, lr, momentum, weigh
 @main.command()
 def archs() -> None:
     """List the architectures."""
+    _require_build_side("archs")
     from resnet_deploy.models import describe_arch, list_archs
 
     for name in list_archs():
@@ -201,19 +219,22 @@ def _target_help() -> str:
               help=".pt/.pth/.th/.tar or .safetensors (default: the embedded Fashion-MNIST resnet20).")
 @click.option("--arch", default=None, help="Architecture; without --checkpoint builds a random model (latency only).")
 @click.option("--num-classes", type=int, default=None, help="Classes (default: from the checkpoint).")
-@click.option("--input-size", callback=_size, default=None, help="N or HxW (default: the checkpoint's or the family's).")
+@click.option("--input-size", callback=_size, default=None,
+              help="N or HxW (default: the checkpoint's or the family's).")
 @click.option("--mean", callback=_floats("--mean"), default=None, help="Per-channel mean on [0,1], comma-separated.")
 @click.option("--std", callback=_floats("--std"), default=None, help="Per-channel std on [0,1], comma-separated.")
 @click.option("--calib-data", default=None, help="Calibration images (default: the training split of fashion-mnist).")
 @click.option("--calib-samples", type=int, default=300, show_default=True)
-@click.option("--eval-data", default=None, help="Labelled evaluation images (default: the test split of fashion-mnist).")
+@click.option("--eval-data", default=None,
+              help="Labelled evaluation images (default: the test split of fashion-mnist).")
 @click.option("--eval-samples", type=int, default=None, help="Evaluation images (default: all).")
 @click.option("--max-drop", type=float, default=1.0, show_default=True,
               help="Most top-1 points an INT8 row may lose against PyTorch FP32 before the build fails.")
 @_target_flags("options")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for choosing calibration/evaluation images.")
 @click.option("--threads", type=int, default=None, help="Runtime threads for validation and latency.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Bundle folder (default: build/<arch>-<target>).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Bundle folder (default: build/<arch>-<target>).")
 @click.option("--force", is_flag=True,
               help="Replace the bundle at --out even when it holds files it did not write (they are dropped).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout (implies --quiet).")
@@ -222,6 +243,7 @@ def _target_help() -> str:
 def build(ui: Ui, targets, checkpoint, arch, num_classes, input_size, mean, std, calib_data, calib_samples,
           eval_data, eval_samples, max_drop, seed, threads, out, force, as_json, **target_flags) -> None:
     """Load or train, fold BN, export ONNX, quantize to INT8, compile per target, validate, write a bundle."""
+    _require_build_side("build")
     from resnet_deploy.pipeline.build import build as run_build
     from resnet_deploy.pipeline.settings import BuildSettings
 
@@ -346,7 +368,8 @@ def infer(ui: Ui, bundle, images, top, runtime, precision, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the device report as JSON.")
 @quiet_option
 @pass_ui
-def bench(ui: Ui, bundle, runtime, precision, batches, threads, hint, warmup, iterations, seconds, out, as_json) -> None:
+def bench(ui: Ui, bundle, runtime, precision, batches, threads, hint, warmup, iterations, seconds, out,
+          as_json) -> None:
     """Latency (p50/p90/p99), throughput and accuracy of a bundle on this machine (no PyTorch needed)."""
     from resnet_deploy.host import cpu_name
     from resnet_deploy.pipeline import device

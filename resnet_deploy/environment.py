@@ -67,10 +67,8 @@ def probe(folder: Path, *, size: int = 64 * 1024, shown: Path | None = None) -> 
     except OSError as err:
         return describe(OSError(err.errno, err.strerror), path=shown or folder)  # not the scratch file's name
     finally:
-        try:
+        with contextlib.suppress(OSError):
             scratch.unlink()
-        except OSError:
-            pass
     return None
 
 

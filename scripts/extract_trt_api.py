@@ -134,7 +134,7 @@ def preprocess(text: str, defines: Dict[str, int]) -> str:
             span = 1
             while lines[i + span - 1].rstrip().endswith("\\") and i + span < len(lines):
                 span += 1
-            directive = " ".join(l.rstrip("\\") for l in lines[i:i + span]).strip()[1:].strip()
+            directive = " ".join(part.rstrip("\\") for part in lines[i:i + span]).strip()[1:].strip()
             word, _, rest = directive.partition(" ")
             if word.startswith("if"):
                 parent = all(a for a, _ in stack)
@@ -211,7 +211,7 @@ def _close(tokens, i: int, opening: str, closing: str) -> int:
 
 def _close_any(tokens, i: int) -> int:
     pairs = {"(": ")", "{": "}", "[": "]"}
-    depth, want = 0, []
+    want = []
     for j in range(i, len(tokens)):
         kind, t, _ = tokens[j]
         if kind != "op":
@@ -278,9 +278,9 @@ def _arg_names(tokens: list) -> List[str]:
     for k, tok in enumerate(tokens):
         if tok[0] == "str" and k + 1 < len(tokens) and tokens[k + 1][1] == "_a":
             names.append(_unquote(tok))
-        elif tok[1] == "arg" and k + 2 < len(tokens) and tokens[k + 1][1] == "(" and tokens[k + 2][0] == "str":
-            if k >= 2 and tokens[k - 1][1] == "::" and tokens[k - 2][1] == "py":
-                names.append(_unquote(tokens[k + 2]))
+        elif (tok[1] == "arg" and k + 2 < len(tokens) and tokens[k + 1][1] == "(" and tokens[k + 2][0] == "str"
+              and k >= 2 and tokens[k - 1][1] == "::" and tokens[k - 2][1] == "py"):
+            names.append(_unquote(tokens[k + 2]))
     return names
 
 
@@ -485,7 +485,8 @@ def header_enum_values(text: str) -> Dict[str, Dict[str, int]]:
             key, expr = key.split()[0], expr.strip()  # `kX TRT_DEPRECATED_ENUM = 0`: the name comes first
             if expr:
                 expr_py = re.sub(r"\b(\d+)[uUlL]+\b", r"\1", expr)
-                expr_py = re.sub(r"[A-Za-z_]\w*", lambda e: str(values.get(e.group(0), "None")), expr_py)
+                expr_py = re.sub(r"[A-Za-z_]\w*", lambda e, known=values: str(known.get(e.group(0), "None")),
+                                 expr_py)
                 try:
                     nxt = int(eval(expr_py, {"__builtins__": {}}, {}))
                 except Exception:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
@@ -96,7 +96,7 @@ class OnnxRuntimeTarget(Target):
     aliases = ("ort",)
     summary = "ONNX Runtime CPU: FP32 ONNX and static INT8 (QDQ, U8S8, per-channel weights)"
     runtimes = (RUNTIME,)
-    build_requires = {"onnxruntime": "onnxruntime"}
+    build_requires: ClassVar[Mapping[str, str]] = {"onnxruntime": "onnxruntime"}
 
     def compile(self, inp: CompileInput, bundle: Path) -> list[Artifact]:
         self.ensure_available()

@@ -11,7 +11,7 @@ Settings chosen by measurement (figures: benchmarks/results/README.md, "targets/
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
@@ -106,7 +106,7 @@ class OpenVINOTarget(Target):
     aliases = ("cpu", "ov")
     summary = "OpenVINO CPU: FP32 IR and NNCF post-training INT8 IR"
     runtimes = (RUNTIME,)
-    build_requires = {"openvino": "openvino", "nncf": "nncf"}
+    build_requires: ClassVar[Mapping[str, str]] = {"openvino": "openvino", "nncf": "nncf"}
 
     def compile(self, inp: CompileInput, bundle: Path) -> list[Artifact]:
         self.ensure_available()

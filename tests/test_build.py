@@ -116,7 +116,8 @@ def test_rebuilding_replaces_the_bundle_whole(cpu_bundle, tmp_path):
     """A second build into an existing bundle folder swaps it; a file the old one did not write needs --force,
     then nothing of the old one lingers."""
     out = tmp_path / "b"
-    args = ["build", "--target", "onnxruntime", "--out", str(out), "--eval-samples", "100", "--calib-samples", "20", "-q"]
+    args = ["build", "--target", "onnxruntime", "--out", str(out), "--eval-samples", "100",
+            "--calib-samples", "20", "-q"]
     assert CliRunner().invoke(main, args).exit_code == 0
     assert CliRunner().invoke(main, args).exit_code == 0  # a bundle of ours alone is replaced without --force
     (out / "stale.txt").write_text("old")

@@ -139,7 +139,7 @@ class TestRefusals:
     """Each bad input: a domain error whose message names the flag to fix."""
 
     def test_missing_file(self, tmp_path):
-        with pytest.raises(CheckpointError, match="--checkpoint: .*does not exist"):
+        with pytest.raises(CheckpointError, match=r"--checkpoint: .*does not exist"):
             load_model(tmp_path / "nope.pt")
 
     def test_directory_instead_of_file(self, tmp_path):
@@ -195,14 +195,14 @@ class TestRefusals:
         data = good.read_bytes()
         path = tmp_path / "bad.safetensors"
         path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\xff" * 64)
-        with pytest.raises(CheckpointError, match="--checkpoint: .*not a readable safetensors"):
+        with pytest.raises(CheckpointError, match=r"--checkpoint: .*not a readable safetensors"):
             load_model(path)
 
     def test_safetensors_with_broken_metadata_record(self, tmp_path, resnet20):
         path = tmp_path / "w.safetensors"
         save_file({k: v.contiguous() for k, v in resnet20.state_dict().items()}, path,
                   metadata={"resnet_deploy": '{"arch": "resnet20",'})
-        with pytest.raises(CheckpointError, match="--checkpoint: .*not a readable safetensors"):
+        with pytest.raises(CheckpointError, match=r"--checkpoint: .*not a readable safetensors"):
             load_model(path)
 
     def test_pickled_code_is_refused_and_never_runs(self, tmp_path, resnet20):
@@ -259,7 +259,7 @@ class TestRefusals:
 
     def test_unknown_arch_flag(self, tmp_path, resnet20):
         torch.save(resnet20.state_dict(), tmp_path / "w.pt")
-        with pytest.raises(ConfigError, match="--arch.*resnet18, resnet34"):
+        with pytest.raises(ConfigError, match=r"--arch.*resnet18, resnet34"):
             load_model(tmp_path / "w.pt", arch="vgg16")
 
     def test_unrecognised_network_asks_for_arch(self, tmp_path):
@@ -270,10 +270,10 @@ class TestRefusals:
     @pytest.mark.parametrize("obj", [[torch.zeros(1)], torch.zeros(3)], ids=["list", "tensor"])
     def test_not_a_dict(self, tmp_path, obj):
         torch.save(obj, tmp_path / "w.pt")
-        with pytest.raises(CheckpointError, match="--checkpoint: .*not a state dict"):
+        with pytest.raises(CheckpointError, match=r"--checkpoint: .*not a state dict"):
             read_checkpoint(tmp_path / "w.pt")
 
     def test_dict_without_tensors(self, tmp_path):
         torch.save({"epoch": 3, "best_prec1": 91.0}, tmp_path / "w.pt")
-        with pytest.raises(CheckpointError, match="--checkpoint: .*holds no tensors"):
+        with pytest.raises(CheckpointError, match=r"--checkpoint: .*holds no tensors"):
             read_checkpoint(tmp_path / "w.pt")

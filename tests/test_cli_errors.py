@@ -87,13 +87,15 @@ def test_checkpoint_with_nan_weights(tmp_path, out):
     sd["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
     path = tmp_path / "nan.pt"
     torch.save(sd, path)
-    assert_clean_failure(run("build", "--checkpoint", str(path), "--out", str(out)), "NaN or Inf", "layer2.0.conv1.weight")
+    assert_clean_failure(run("build", "--checkpoint", str(path), "--out", str(out)), "NaN or Inf",
+                         "layer2.0.conv1.weight")
 
 
 def test_checkpoint_whose_classes_do_not_match_the_data(tmp_path, out, fashion_mnist):
     path = tmp_path / "r20c5.pt"
     torch.save(build_model("resnet20", num_classes=5, in_channels=1).state_dict(), path)
-    assert_clean_failure(run("build", "--checkpoint", str(path), "--out", str(out)), "--eval-data", "10 classes", "predicts 5")
+    assert_clean_failure(run("build", "--checkpoint", str(path), "--out", str(out)), "--eval-data", "10 classes",
+                         "predicts 5")
 
 
 def test_unknown_arch_lists_the_known_ones(out):
@@ -118,7 +120,8 @@ def test_input_size_too_small():
 
 
 def test_missing_data_folder(fmnist_checkpoint, out):
-    result = run("build", "--checkpoint", str(fmnist_checkpoint), "--eval-data", "/nonexistent/images", "--out", str(out))
+    result = run("build", "--checkpoint", str(fmnist_checkpoint), "--eval-data", "/nonexistent/images",
+                 "--out", str(out))
     assert_clean_failure(result, "--eval-data", "/nonexistent/images")
 
 

@@ -181,7 +181,7 @@ def torchvision_keys(layers: list[int], bottleneck: bool) -> list[str]:
             if b == 0 and (stride != 1 or in_planes != out_planes):
                 keys += [f"{p}.downsample.0.weight", *bn(f"{p}.downsample.1")]
             in_planes = out_planes
-    return keys + ["fc.weight", "fc.bias"]
+    return [*keys, "fc.weight", "fc.bias"]
 
 
 class TestTorchvisionLayout:

@@ -64,7 +64,8 @@ def _slow_unless(fast, archs):
 @pytest.fixture(scope="session")
 def fixtures_script():
     """scripts/make_reference_fixtures.py, for its fill rule (it imports torchvision/timm only when run)."""
-    spec = importlib.util.spec_from_file_location("make_reference_fixtures", ROOT / "scripts" / "make_reference_fixtures.py")
+    spec = importlib.util.spec_from_file_location("make_reference_fixtures",
+                                                  ROOT / "scripts" / "make_reference_fixtures.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["make_reference_fixtures"] = module
     spec.loader.exec_module(module)
@@ -258,7 +259,7 @@ class TestArchitectureInference:
         sd = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in on_meta("resnet26d").state_dict().items()}
         assert "arch" not in guess_layout(sd)
         torch.save(sd, tmp_path / "w.pth")
-        with pytest.raises(CheckpointError, match="more than one architecture.*resnet26d, resnet26d_twin.*--arch"):
+        with pytest.raises(CheckpointError, match=r"more than one architecture.*resnet26d, resnet26d_twin.*--arch"):
             load_model(tmp_path / "w.pth")
 
     @pytest.mark.parametrize("arch, feature", [

@@ -77,16 +77,16 @@ class TestImageFolder:
         assert batch.inputs(PREP32).shape == (10, 3, 32, 32)
 
     def test_missing_folder_names_the_flag(self, tmp_path):
-        with pytest.raises(DataError, match="^--calib-data: folder .* does not exist"):
+        with pytest.raises(DataError, match=r"^--calib-data: folder .* does not exist"):
             ImageFolderSource.open(tmp_path / "nowhere", flag="--calib-data")
 
     def test_file_instead_of_folder(self, tmp_path):
         (tmp_path / "f.png").write_bytes(b"x")
-        with pytest.raises(DataError, match="^--data: .* is not a folder"):
+        with pytest.raises(DataError, match=r"^--data: .* is not a folder"):
             ImageFolderSource.open(tmp_path / "f.png")
 
     def test_empty_folder(self, tmp_path):
-        with pytest.raises(DataError, match="^--data: .* holds no images in class subfolders"):
+        with pytest.raises(DataError, match=r"^--data: .* holds no images in class subfolders"):
             ImageFolderSource.open(tmp_path)
 
     def test_class_folders_without_images(self, tmp_path):
@@ -109,7 +109,7 @@ class TestImageFolder:
     def test_check_classes(self, folder):
         src = ImageFolderSource.open(folder)
         check_classes(src, 3, flag="--data")
-        with pytest.raises(DataError, match="^--data: .* has 3 classes but the model predicts 10"):
+        with pytest.raises(DataError, match=r"^--data: .* has 3 classes but the model predicts 10"):
             check_classes(src, 10, flag="--data")
 
 
@@ -138,7 +138,7 @@ class TestUnreadableImages:
         assert MAX_BAD_FRACTION * 20 < 2
         self.break_files(twenty, 2)
         src = ImageFolderSource.open(twenty)
-        with pytest.raises(DataError, match="^--calib-data: 2 of 20 images .* could not be read"):
+        with pytest.raises(DataError, match=r"^--calib-data: 2 of 20 images .* could not be read"):
             decode(src, np.arange(len(src)), PREP32, flag="--calib-data")
 
     def test_truncated_jpeg_alone_is_skipped(self, twenty):
@@ -194,12 +194,12 @@ class TestIdx:
 
     def test_images_and_labels_disagree(self, tmp_path):
         write_idx_split(tmp_path, "train", np.zeros((5, 8, 8), np.uint8), np.zeros(4, np.uint8))
-        with pytest.raises(DataError, match="^--data: .* do not match"):
+        with pytest.raises(DataError, match=r"^--data: .* do not match"):
             open_idx(tmp_path, "train", flag="--data")
 
     def test_missing_split(self, tmp_path):
         write_idx_split(tmp_path, "train", np.zeros((5, 8, 8), np.uint8), np.zeros(5, np.uint8))
-        with pytest.raises(DataError, match="^--test-data: .* no t10k-images"):
+        with pytest.raises(DataError, match=r"^--test-data: .* no t10k-images"):
             open_idx(tmp_path, "test", flag="--test-data")
 
     def test_fashion_mnist_location_from_the_environment(self, tmp_path, monkeypatch):
@@ -212,7 +212,7 @@ class TestIdx:
     def test_fashion_mnist_not_installed(self, monkeypatch):
         monkeypatch.setattr(sources, "FASHION_MNIST_DIRS", ())
         monkeypatch.delenv("RESNET_DEPLOY_FASHION_MNIST", raising=False)
-        with pytest.raises(DataError, match="^--data: Fashion-MNIST is not installed.*apt-get install"):
+        with pytest.raises(DataError, match=r"^--data: Fashion-MNIST is not installed.*apt-get install"):
             open_source("fashion-mnist", "train", flag="--data")
 
 

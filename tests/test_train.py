@@ -110,7 +110,7 @@ class TestOneEpoch:
 
 class TestResume:
     def test_without_a_checkpoint(self, tiny, tmp_path):
-        with pytest.raises(CheckpointError, match="^--resume: no .*last.pt"):
+        with pytest.raises(CheckpointError, match=r"^--resume: no .*last\.pt"):
             train(SETTINGS, tiny[0], PREP, tmp_path, resume=True)
 
     @pytest.mark.parametrize("change", [{"epochs": 3}, {"epochs": 1}, {"arch": "resnet32"}])

@@ -73,7 +73,7 @@ def cuda_runtime():
     return cudart
 
 
-def check_cuda(cudart, result: Any, what: str):
+def check_cuda(result: Any, what: str):
     err, *rest = result if isinstance(result, tuple) else (result,)
     if int(err) != 0:
         raise BundleError(f"CUDA call {what} failed ({err}); is the NVIDIA driver working (nvidia-smi / tegrastats)?")
@@ -89,7 +89,7 @@ def gpu_info() -> GpuInfo | None:
     err, count = cudart.cudaGetDeviceCount()
     if int(err) != 0 or count < 1:
         return None
-    props = check_cuda(cudart, cudart.cudaGetDeviceProperties(0), "cudaGetDeviceProperties")
+    props = check_cuda(cudart.cudaGetDeviceProperties(0), "cudaGetDeviceProperties")
     name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
     return GpuInfo(name.rstrip("\x00").strip(), (int(props.major), int(props.minor)))
 
@@ -154,6 +154,7 @@ def build_plan(cfg: TrtBuildConfig, onnx: Path, *, mode: str, precision: str, ca
     if precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
         if mode == "implicit":
+            assert calibration is not None  # build_engine passes the bundle's cache in implicit mode
             config.int8_calibrator = _cache_calibrator(trt, calibration.read_bytes())
             config.set_calibration_profile(profile)
     if cfg.dla_core is not None:

@@ -16,11 +16,12 @@ import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Tuple
 
 from resnet_deploy.files import sha256_file
 
-Shape = tuple[int, ...]
+# typing.Tuple: a module-level alias is evaluated at import, and the device side runs on Python 3.8.
+Shape = Tuple[int, ...]
 
 
 @dataclass(frozen=True)

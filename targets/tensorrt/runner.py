@@ -41,9 +41,9 @@ class TrtRunner:
         self._set_shape(hi)
         out_shape = tuple(self._out_shape())
         self._per_image_out = int(np.prod(out_shape[1:]))
-        self._stream = check_cuda(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
-        self._d_in = check_cuda(cudart, cudart.cudaMalloc(int(np.prod(hi)) * 4), "cudaMalloc")
-        self._d_out = check_cuda(cudart, cudart.cudaMalloc(self._max * self._per_image_out * 4), "cudaMalloc")
+        self._stream = check_cuda(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self._d_in = check_cuda(cudart.cudaMalloc(int(np.prod(hi)) * 4), "cudaMalloc")
+        self._d_out = check_cuda(cudart.cudaMalloc(self._max * self._per_image_out * 4), "cudaMalloc")
         self.description = f"TensorRT {trt.__version__} on {(gpu_info() or GpuInfo('GPU', (0, 0))).name}"
 
     def _set_shape(self, shape: tuple[int, ...]) -> None:
@@ -68,7 +68,7 @@ class TrtRunner:
         kind = cudart.cudaMemcpyKind
         h2d = cudart.cudaMemcpyAsync(self._d_in, chunk.ctypes.data, chunk.nbytes, kind.cudaMemcpyHostToDevice,
                                      self._stream)
-        check_cuda(cudart, h2d, "cudaMemcpyAsync (to the GPU)")
+        check_cuda(h2d, "cudaMemcpyAsync (to the GPU)")
         if self._v3:
             self._context.set_tensor_address(self._input, int(self._d_in))
             self._context.set_tensor_address(self._output, int(self._d_out))
@@ -79,8 +79,8 @@ class TrtRunner:
             raise BundleError("TensorRT failed to enqueue the engine; run with a smaller batch or rebuild it.")
         d2h = cudart.cudaMemcpyAsync(out.ctypes.data, self._d_out, out.nbytes, kind.cudaMemcpyDeviceToHost,
                                      self._stream)
-        check_cuda(cudart, d2h, "cudaMemcpyAsync (from the GPU)")
-        check_cuda(cudart, cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        check_cuda(d2h, "cudaMemcpyAsync (from the GPU)")
+        check_cuda(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         return out[:n]
 
     def close(self) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from resnet_deploy.calibration.qdq import QdqResult, make_qdq_onnx
 from resnet_deploy.errors import ConfigError, DependencyError
@@ -48,7 +48,8 @@ class TrtTargetBase(Target):
 
     preset: tc.TrtPreset = tc.DESKTOP
     runtimes = (RUNTIME, ORT_RUNTIME)  # the engine on the device; its CPU simulation here
-    build_requires = {"onnxruntime": "onnxruntime"}  # the simulated row; TensorRT itself is optional here
+    # the simulated row; TensorRT itself is optional here
+    build_requires: ClassVar[Mapping[str, str]] = {"onnxruntime": "onnxruntime"}
     device_options = tc.DeviceBuildFlags
 
     def parse_options(self, raw: Mapping[str, Any]) -> tc.TrtOptions:

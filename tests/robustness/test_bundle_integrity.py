@@ -88,8 +88,8 @@ def test_foreign_manifest_is_not_a_bundle_and_nothing_is_decoded(tmp_path, no_wo
     p.mkdir()
     (p / "manifest.json").write_text("{}")
     (p / "thesis.tex").write_text("x")
-    assert_clean_failure(run("build", "--target", "onnxruntime", "--out", p), f"--out {p}", "not a resnet-deploy bundle",
-                         "empty or new folder")
+    assert_clean_failure(run("build", "--target", "onnxruntime", "--out", p), f"--out {p}",
+                         "not a resnet-deploy bundle", "empty or new folder")
     assert (p / "thesis.tex").read_text() == "x"
 
 
@@ -195,7 +195,8 @@ def test_second_build_into_a_locked_out_is_refused_at_once(tmp_path, no_work):
     out = tmp_path / "b"
     holder = subprocess.Popen(
         [sys.executable, "-c", ("import time; from pathlib import Path; from resnet_deploy.pipeline import out_lock\n"
-                                f"with out_lock.hold(Path({str(out)!r})):\n    print('held', flush=True); time.sleep(60)")],
+                                f"with out_lock.hold(Path({str(out)!r})):\n"
+                                "    print('held', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -325,7 +326,7 @@ def test_engine_outside_the_bundle_is_checked_against_its_recorded_hash(bundle, 
     assert b.artifacts[0].path == str(engine)
     bundle_io.verify_external(engine, sha256=record[0]["extra"]["sha256"], size=4)
     engine.write_bytes(b"EVIL")
-    with pytest.raises(BundleError, match="model.engine"):
+    with pytest.raises(BundleError, match=r"model\.engine"):
         load_runner(b, b.artifacts[0])
     record[0]["extra"].pop("sha256")  # recorded without a hash: refused at open
     (bundle / "device_artifacts.json").write_text(json.dumps(record))

@@ -184,8 +184,8 @@ def test_two_openvino_runners_freed_in_order_leave_ctrl_c_working(tmp_path):
 @contextlib.contextmanager
 def tmpfs(path: Path, *, size: str = "2m", read_only: bool = False):
     path.mkdir(parents=True, exist_ok=True)
-    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                                                       capture_output=True).returncode != 0:
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]
+    if shutil.which("mount") is None or subprocess.run(mount, capture_output=True).returncode != 0:
         pytest.skip("mounting a tmpfs is not permitted here (needs root or CAP_SYS_ADMIN)")
     try:
         if read_only:
@@ -217,9 +217,9 @@ def test_library_error_without_errno_on_a_full_disk_is_named(tmp_path):
     of the folder finds the cause."""
     with tmpfs(tmp_path / "full", size="256k") as disk:
         (disk / "model.bin").write_bytes(b"\0" * 200_000)  # a model-sized file already there
-        with pytest.raises(EnvironmentFault, match="no space left on the device holding /x/out"):
-            with environment.explain(disk, shown=Path("/x/out")):
-                raise RuntimeError("basic_ios::clear: iostream error")
+        with pytest.raises(EnvironmentFault, match="no space left on the device holding /x/out"), \
+                environment.explain(disk, shown=Path("/x/out")):
+            raise RuntimeError("basic_ios::clear: iostream error")
     with environment.explain(tmp_path), pytest.raises(RuntimeError):  # a real bug stays a bug
         raise RuntimeError("a bug")
 

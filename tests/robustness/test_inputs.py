@@ -229,8 +229,13 @@ def test_fifo_named_jpg_does_not_hang(tmp_path):
     fifo = tmp_path / "cam.jpg"
     os.mkfifo(fifo)
     done = []
-    t = threading.Thread(target=lambda: done.append(pytest.raises(image_io.UnreadableImage,
-                                                                  image_io.open_image, fifo)), daemon=True)
+
+    def attempt() -> None:
+        with pytest.raises(image_io.UnreadableImage) as info:
+            image_io.open_image(fifo)
+        done.append(info)
+
+    t = threading.Thread(target=attempt, daemon=True)
     t.start()
     t.join(5)
     assert done, "opening a FIFO blocked"

@@ -192,7 +192,8 @@ class _Factory:
             if member == "nbytes":
                 ns[member] = property(len)
             elif member in ("__enter__", "__exit__", "__del__"):
-                ns[member] = {"__enter__": lambda s: s, "__exit__": lambda s, *a: None, "__del__": lambda s: None}[member]
+                ns[member] = {"__enter__": lambda s: s, "__exit__": lambda s, *a: None,
+                              "__del__": lambda s: None}[member]
             elif member not in ("__init__",):
                 ns[member] = property(self._stub("IHostMemory", member)) if member in spec.get("properties", {}) \
                     else self._stub("IHostMemory", member)

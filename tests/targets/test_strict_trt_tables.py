@@ -280,7 +280,7 @@ def _build_and_run(version: str, tmp_path: Path, monkeypatch, log: list, *, prec
 def test_product_builds_and_runs_under_each_release(version, tmp_path, monkeypatch):
     log: list = []
     runner = _build_and_run(version, tmp_path, monkeypatch, log)
-    flags = [e for e in log if e[0] == "network_flags"][0][1]
+    flags = next(e for e in log if e[0] == "network_flags")[1]
     assert flags == (0 if version.startswith("10") else 1)  # EXPLICIT_BATCH before 10
     assert ("pool", "WORKSPACE", 64 << 20) in log  # max_workspace_size on 8.2, the memory pool after
     assert [e for e in log if e[0] == "build"] == [("build", ["FP16", "INT8"], "GPU", -1, None)]
@@ -291,7 +291,7 @@ def test_product_implicit_int8_replays_the_calibration_cache(tmp_path, monkeypat
     log: list = []
     _build_and_run("8.5.2", tmp_path, monkeypatch, log, mode="implicit")
     assert ("calibration_profile",) in log
-    assert [e for e in log if e[0] == "build"][0][-1] == b"TRT-8502-EntropyCalibration2"
+    assert next(e for e in log if e[0] == "build")[-1] == b"TRT-8502-EntropyCalibration2"
 
 
 @pytest.mark.xfail(strict=True, raises=AttributeError,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
@@ -101,7 +101,8 @@ class OnnxReferenceTarget(Target):
     name = "onnx-reference"
     summary = "ONNX reference evaluator (onnx.reference, pure Python): FP32 and INT8 Q/DQ, slow, runtime-independent"
     runtimes = (RUNTIME,)
-    build_requires = {"onnx": "onnx", "onnxruntime": "onnxruntime"}  # onnxruntime: the INT8 quantizer
+    # onnxruntime: the INT8 quantizer
+    build_requires: ClassVar[Mapping[str, str]] = {"onnx": "onnx", "onnxruntime": "onnxruntime"}
 
     def compile(self, inp: CompileInput, bundle: Path) -> list[Artifact]:
         self.ensure_available()
