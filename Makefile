@@ -9,7 +9,7 @@ CONSTRAINTS ?= constraints-ci.txt
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: install data demo test test-slow bench device-check clean
+.PHONY: install data demo lint test test-slow bench device-check clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ data:
 demo: install data
 	$(VENV)/bin/resnet-deploy build --target openvino --target onnxruntime --out build/demo
 	@echo "report: build/demo/report.md (report.json for programs)"
+
+# ruff and mypy, pinned in pyproject.toml's [test] extra and configured there; CI runs this before the tests.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test: install data
 	$(PY) -m pytest -q

@@ -140,7 +140,8 @@ def build(settings: BuildSettings, *, ui: Ui) -> BuildResult:
             artifacts: list[Artifact] = []
             for target in targets:
                 with stage(f"compile:{target.name}"):
-                    artifacts += compile_stage(target, options[target.name], converted, data, staging, ui)
+                    artifacts += compile_stage(target, options[target.name], converted, data, loaded.num_classes,
+                                               staging, ui)
             with stage("validate"):
                 results = validate_stage(settings, loaded, data, baseline, artifacts, staging, ui)
             with _guarded("report", staging, out):
@@ -302,15 +303,17 @@ def reference_stage(loaded: ckpt.LoadedModel, data: Data, ui: Ui) -> Baseline:
                     preds)
 
 
-def compile_stage(target: Target, options: Any, converted: Converted, data: Data, staging: Path,
-                  ui: Ui) -> list[Artifact]:
+def compile_stage(target: Target, options: Any, converted: Converted, data: Data, num_classes: int,
+                  staging: Path, ui: Ui) -> list[Artifact]:
     ui.info(f"compile: {target.name} ({target.summary})")
     inp = CompileInput(converted.onnx, data.calib.inputs(data.prep), data.prep, options)
     # Quantizers draw their own progress bars on stdout; keep stdout for results (--json).
     with contextlib.ExitStack() as stack:
         sink = stack.enter_context(open(os.devnull, "w")) if ui.quiet else sys.stderr
         with contextlib.redirect_stdout(sink):
-            return list(target.compile(inp, staging))
+            artifacts = list(target.compile(inp, staging))
+    target.serving_configs(staging, artifacts, data.prep, num_classes)  # written into the bundle, and listed
+    return artifacts
 
 
 def _artifact_bytes(staging: Path, artifact: Artifact) -> int:

@@ -33,7 +33,6 @@ _CAUSES = {
     errno.ENODEV: ("{path} is a device, not a regular file", "Give a regular file or folder."),
     errno.EMFILE: ("too many open files while opening {path}", "Raise the limit (ulimit -n) and try again."),
 }
-ERRNOS = frozenset(_CAUSES)
 
 
 def describe(err: OSError, *, path: Path | str | None = None) -> EnvironmentFault | None:

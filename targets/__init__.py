@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from resnet_deploy.errors import ConfigError
 from resnet_deploy.targets.base import (
@@ -162,8 +162,6 @@ def onnx_session(model: Path | bytes, *, threads: int | None = None) -> Any:
 
     return ort_session(model, threads=threads)
 
-
-OnnxSessionFactory = Callable[..., Any]
 
 __all__ = ["GROUP", "PLUGIN_API", "Artifact", "CompileInput", "DeviceBuild", "Runner", "Runtime", "Target",
            "broken", "canonical", "expand", "get_target", "list_targets", "onnx_session", "option_owners",

@@ -220,6 +220,8 @@ class Target(ABC):
         """Device profiles, as (name, one-line description), for ``resnet-deploy devices``."""
         return ()
 
-    def serving_configs(self, bundle: Path, artifacts: Sequence[Artifact]) -> Sequence[Path]:
-        """Serving-system files written for this target's artifacts (e.g. DeepStream, Triton)."""
+    def serving_configs(self, bundle: Path, artifacts: Sequence[Artifact], prep: Preprocessing,
+                        num_classes: int) -> Sequence[Path]:
+        """Serving-system files for this target's artifacts (a Triton model folder, a DeepStream config),
+        written into the bundle after ``compile``; the paths written."""
         return ()

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.errors import DependencyError
 from resnet_deploy.host import has_vnni
 from resnet_deploy.targets.base import Artifact, CompileInput, Runner, Runtime, Target
@@ -117,3 +118,12 @@ class OnnxRuntimeTarget(Target):
         if not RUNTIME.present():
             raise DependencyError(f"{artifact.path} needs ONNX Runtime, which is not installed: {RUNTIME.install}.")
         return OrtRunner(bundle / artifact.path, threads=threads)
+
+    def serving_configs(self, bundle: Path, artifacts: Sequence[Artifact], prep: Preprocessing,
+                        num_classes: int) -> list[Path]:
+        """Triton's ONNX Runtime backend serves the INT8 model as it is."""
+        from resnet_deploy.targets.serving import triton_model
+
+        int8 = next(a for a in artifacts if a.precision == "int8")
+        return triton_model(bundle, f"{self.name}_int8", prep=prep, num_classes=num_classes,
+                            platform="onnxruntime_onnx", sources={"1/model.onnx": int8.path})

@@ -11,10 +11,11 @@ Settings chosen by measurement (figures: benchmarks/results/README.md, "targets/
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.errors import DependencyError
 from resnet_deploy.targets.base import Artifact, CompileInput, Runner, Runtime, Target
 
@@ -131,3 +132,13 @@ class OpenVINOTarget(Target):
         if not RUNTIME.present():
             raise DependencyError(f"{artifact.path} needs OpenVINO, which is not installed: {RUNTIME.install}.")
         return OvRunner(bundle / artifact.path, threads=threads, hint=(hint or "latency").upper())
+
+    def serving_configs(self, bundle: Path, artifacts: Sequence[Artifact], prep: Preprocessing,
+                        num_classes: int) -> list[Path]:
+        """Triton's OpenVINO backend serves the INT8 IR (f32 inference precision, as the runner pins)."""
+        from resnet_deploy.targets.serving import triton_model
+
+        int8 = next(a for a in artifacts if a.precision == "int8")
+        return triton_model(bundle, f"{self.name}_int8", prep=prep, num_classes=num_classes, backend="openvino",
+                            sources={"1/model.xml": int8.path, "1/model.bin": int8.files[0]},
+                            parameters={"INFERENCE_PRECISION_HINT": "f32"})

@@ -98,7 +98,8 @@ class TrtOptions:
             cores = self.profile.dla_cores
             if cores == 0:
                 raise ConfigError(f"--dla-core {self.dla_core}: {self.profile.gpu} (--device {self.profile.name}) "
-                                  "has no DLA; leave --dla-core out, or pick agx-orin, orin-nx-8gb, orin-nx-16gb or a Xavier.")
+                                  "has no DLA; leave --dla-core out, or pick agx-orin, orin-nx-8gb, orin-nx-16gb "
+                                  "or a Xavier.")
             if not 0 <= self.dla_core < cores:
                 raise ConfigError(f"--dla-core must be 0..{cores - 1} on {self.profile.gpu}, got {self.dla_core}.")
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Sequence
 
+from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.calibration.qdq import QdqResult, make_qdq_onnx
 from resnet_deploy.errors import ConfigError, DependencyError
 from resnet_deploy.targets import onnx_session
@@ -23,7 +24,7 @@ from resnet_deploy.targets.onnxruntime import OrtRunner
 from resnet_deploy.targets.tensorrt import config as tc
 from resnet_deploy.targets.tensorrt.calibration_cache import write_cache
 from resnet_deploy.targets.tensorrt.profiles import PROFILES, describe_profile
-from resnet_deploy.targets.tensorrt.trtexec import render_script, trtexec_command
+from resnet_deploy.targets.tensorrt.trtexec import ENGINES, render_script, trtexec_command
 
 RUNTIME = Runtime(
     "tensorrt", "tensorrt",
@@ -174,6 +175,45 @@ class TrtTargetBase(Target):
                                 note=built.note, details=details)
         verb = "reused" if built.reused else "built"
         return DeviceBuild((artifact,), files, f"engine {verb}: {engine} ({built.reason})")
+
+    def serving_configs(self, bundle: Path, artifacts: Sequence[Artifact], prep: Preprocessing,
+                        num_classes: int) -> list[Path]:
+        """A Triton ``tensorrt_plan`` model (the engine device-build makes on the server) and a DeepStream
+        nvinfer config for the engine nvinfer builds itself from the same ONNX and cache."""
+        from resnet_deploy.targets import serving
+
+        folder = self._folder(bundle)
+        cfg = tc.TrtBuildConfig.read(folder)
+        written = serving.triton_model(
+            bundle, f"{self.name}_{cfg.precision}", prep=prep, num_classes=num_classes, platform="tensorrt_plan",
+            kind="KIND_GPU", max_batch=cfg.max_batch, input_name=cfg.input_name,
+            sources={"1/model.plan": f"{self.name}/{ENGINES}/*.engine"})
+        mode = cfg.mode()
+        onnx_rel = os.path.normpath(f"{self.name}/{cfg.onnx_for(mode)}")
+        scale, offsets, exact = serving.nvinfer_normalisation(prep)
+        if not exact:  # nvinfer cannot scale channels apart: normalise in the graph
+            pixels = f"{serving.DEEPSTREAM}/model_{self.name}_pixels.onnx"
+            serving.with_normalisation(bundle / onnx_rel, bundle / pixels, prep)
+            written.append(bundle / pixels)
+            onnx_rel = pixels
+        notes = []
+        if prep.crop_ratio < 1.0:
+            notes.append(f"The bundle centre-crops (resize the shorter side to {prep.resize_side} px, crop "
+                         f"{prep.input_size[0]}x{prep.input_size[1]}); nvinfer scales the whole frame or object "
+                         "instead, which changes predictions on uncropped frames. Crop upstream (a ROI, or "
+                         "nvdspreprocess) to match the bundle.")
+        if mode == "implicit":
+            notes.append(f"int8-calib-file's header names TensorRT {cfg.profile.tensorrt}; on another TensorRT "
+                         "use trtexec.sh's engines/calibration.cache, rewritten for it.")
+        dla = [f"enable-dla=1 and use-dla-core={cfg.dla_core} go under [property] to run on DLA."] \
+            if cfg.dla_core is not None else []
+        network_mode = {"int8": 1, "fp16": 2}.get(cfg.precision, 0)
+        written += serving.nvinfer_config(
+            bundle, self.name, prep=prep, num_classes=num_classes, onnx_file=f"../{onnx_rel}",
+            network_mode=network_mode, calib_file=f"../{self.name}/{cfg.calibration_cache}" if mode == "implicit"
+            else "", exact=exact, scale=scale, offsets=offsets, input_name=cfg.input_name,
+            notes=[*notes, *dla])
+        return written
 
     def profiles(self) -> list[tuple[str, str]]:
         return [(p.name, describe_profile(p)) for p in PROFILES.values() if p.is_jetson == self.preset.device_flag]

@@ -11,7 +11,8 @@ from resnet_deploy.targets.tensorrt.profiles import PROFILES, DeviceProfile, get
 
 
 @pytest.mark.parametrize("name, cc, dla, trt", [
-    ("orin-nano", (8, 7), 0, "10.3.0"), ("orin-nx-8gb", (8, 7), 1, "10.3.0"), ("orin-nx-16gb", (8, 7), 2, "10.3.0"), ("agx-orin", (8, 7), 2, "10.3.0"),
+    ("orin-nano", (8, 7), 0, "10.3.0"), ("orin-nx-8gb", (8, 7), 1, "10.3.0"), ("orin-nx-16gb", (8, 7), 2, "10.3.0"),
+    ("agx-orin", (8, 7), 2, "10.3.0"),
     ("xavier-nx", (7, 2), 2, "8.5.2"), ("agx-xavier", (7, 2), 2, "8.5.2"),
     ("nano", (5, 3), 0, "8.2.1"), ("tx2", (6, 2), 0, "8.2.1"),
 ])
@@ -104,12 +105,12 @@ def test_tensorrt_target_ignores_jetson_only_flags():
 
 
 def test_orin_nx_is_split_by_memory_size_because_the_dla_count_differs():
-    with pytest.raises(ConfigError, match="orin-nx-8gb .1 DLA core. or orin-nx-16gb .2 DLA cores"):
+    with pytest.raises(ConfigError, match=r"orin-nx-8gb \(1 DLA core\) or orin-nx-16gb \(2 DLA cores\)"):
         get_profile("orin-nx")
     assert get_profile("orin-nano-4gb").dla_cores == get_profile("orin-nano-8gb").dla_cores == 0
 
 
 def test_dla_core_beyond_the_modules_cores_is_refused_before_any_work():
-    with pytest.raises(ConfigError, match="--dla-core must be 0..0 on Jetson Orin NX 8 GB"):
+    with pytest.raises(ConfigError, match=r"--dla-core must be 0\.\.0 on Jetson Orin NX 8 GB"):
         get_target("jetson").parse_options({"device": "orin-nx-8gb", "dla_core": 1})
     assert get_target("jetson").parse_options({"device": "orin-nx-16gb", "dla_core": 1}).dla_core == 1

@@ -1,0 +1,221 @@
+"""The device side on Python 3.8, JetPack 5.1's system Python and the only one its TensorRT bindings exist for.
+
+The wheel is built here and installed with ``[device]`` into a venv of pyenv's real Python 3.8 (static
+checkers miss ``tuple[int, ...]`` evaluated at import; the interpreter does not). There, the device
+commands run on a bundle built here, every TensorRT-side module imports, and ``build`` says it needs
+3.10+. The venv's dependencies are downloaded once and kept in ``~/.cache/resnet-deploy-tests`` (keyed on
+the wheel's requirements); so is the bundle, keyed on the wheel's contents. Skips, with the reason,
+without a Python 3.8 or when the dependencies cannot be downloaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("RESNET_DEPLOY_TEST_CACHE")
+             or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "resnet-deploy-tests")
+BUILD_ARGS = ("--target", "onnxruntime", "--target", "jetson", "--eval-samples", "200", "--calib-samples", "32")
+TRT_VERSION = "8.5.2"  # JetPack 5.1's TensorRT
+
+pytestmark = pytest.mark.py38
+
+
+def _python38() -> Path | None:
+    """pyenv's Python 3.8 (``RESNET_DEPLOY_PY38`` overrides), checked by running it."""
+    candidates = [os.environ.get("RESNET_DEPLOY_PY38", "")]
+    roots = [Path.home() / ".pyenv"]
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        roots.insert(0, Path(subprocess.run(["pyenv", "root"], capture_output=True, text=True, timeout=30,
+                                            check=True).stdout.strip()))
+    for root in roots:
+        candidates += [str(p) for p in sorted((root / "versions").glob("3.8*/bin/python3.8"), reverse=True)]
+    for c in filter(None, candidates):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run([c, "-c", "import sys; print(sys.version_info[:2] == (3, 8))"], capture_output=True,
+                                 text=True, timeout=60, check=True).stdout
+            if out.strip() == "True":
+                return Path(c)
+    return None
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """One process at a time fills the cache (pytest -n 2 runs this module's tests in two workers)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _run(command: list, *, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run outside the checkout (``python -c`` puts the working folder first on sys.path: from the checkout
+    it would import the source tree, not the installed wheel)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYENV_VERSION", "VIRTUAL_ENV")}
+    CACHE.mkdir(parents=True, exist_ok=True)
+    return subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=cwd or CACHE, check=False)
+
+
+def _ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, f"{' '.join(result.args)}: exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def _build_wheel(out: Path) -> Path:
+    """The wheel of this checkout, built from a copy (pip builds in the source folder: build/, *.egg-info)."""
+    pytest.importorskip("setuptools", reason="the wheel is built with this venv's setuptools (--no-build-isolation)")
+    source = shutil.copytree(ROOT, out / "source", ignore=shutil.ignore_patterns(
+        ".*", "__pycache__", "*.egg-info", "build", "dist", "runs", "tests", "examples", "benchmarks"))
+    _ok(_run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
+              "-w", out / "wheel", source], cwd=out))
+    return next((out / "wheel").glob("resnet_deploy-*.whl"))
+
+
+def _wheel_digests(wheel: Path) -> tuple[str, str]:
+    """(hash of its requirements, hash of its contents): zip timestamps left out, so a rebuild keys alike."""
+    with zipfile.ZipFile(wheel) as z:
+        names = sorted(n for n in z.namelist() if not n.endswith("/RECORD"))
+        metadata = next(z.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
+        contents = hashlib.sha256()
+        for n in names:
+            contents.update(n.encode() + b"\0" + hashlib.sha256(z.read(n)).digest())
+    requires = [line for line in metadata.splitlines() if line.startswith(("Requires-Dist:", "Requires-Python:"))]
+    return hashlib.sha256("\n".join(requires).encode()).hexdigest()[:16], contents.hexdigest()[:16]
+
+
+def _venv(python: Path, wheel: Path, requirements: str) -> Path:
+    """A Python 3.8 venv with the wheel's [device] dependencies, reused while its requirements are unchanged."""
+    venv = CACHE / "py38-venv"
+    stamp = venv / ".resnet-deploy-requirements"
+    if not (stamp.is_file() and stamp.read_text() == requirements and (venv / "bin" / "python").is_file()):
+        shutil.rmtree(venv, ignore_errors=True)
+        _ok(_run([python, "-m", "venv", venv]))
+        got = _run([venv / "bin" / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                    "--retries", "1", "--timeout", "30", f"{wheel}[device]"])
+        if got.returncode != 0:
+            shutil.rmtree(venv, ignore_errors=True)
+            tail = (got.stderr or got.stdout).strip().splitlines()[-3:]
+            pytest.skip(f"the [device] dependencies for Python 3.8 could not be installed (no network?): "
+                        f"{' / '.join(tail)}")
+        stamp.write_text(requirements)
+    # This checkout's code, every time (the dependencies stay).
+    _ok(_run([venv / "bin" / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+              "--no-deps", "--force-reinstall", wheel]))
+    return venv
+
+
+def _bundle(contents: str, work: Path) -> Path:
+    """The embedded model's onnxruntime + jetson bundle, built here by this checkout (reused while unchanged)."""
+    bundle = CACHE / f"bundle-{contents}"
+    if not (bundle / "manifest.json").is_file():
+        for old in CACHE.glob("bundle-*"):
+            shutil.rmtree(old, ignore_errors=True)
+        fresh = work / "bundle"
+        _ok(_run([sys.executable, "-m", "resnet_deploy", "build", *BUILD_ARGS, "--quiet", "--out", fresh], cwd=work))
+        shutil.move(str(fresh), str(bundle))
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def py38(tmp_path_factory, fashion_mnist) -> tuple[Path, Path]:
+    """(the venv's resnet-deploy bin folder, the bundle), both current with this checkout."""
+    python = _python38()
+    if python is None:
+        pytest.skip("no Python 3.8 here (pyenv install 3.8.18, or set RESNET_DEPLOY_PY38=/path/to/python3.8)")
+    work = tmp_path_factory.mktemp("py38")
+    wheel = _build_wheel(work)
+    requirements, contents = _wheel_digests(wheel)
+    with _locked():
+        venv = _venv(python, wheel, requirements)
+        bundle = _bundle(contents, work)
+    copy = shutil.copytree(bundle, work / "copy")  # bench and device-build write into the bundle
+    return venv / "bin", copy
+
+
+def _report_row(bundle: Path, target: str, precision: str) -> dict:
+    return next(r for r in json.loads((bundle / "report.json").read_text())["results"]
+                if r["target"] == target and r["precision"] == precision)
+
+
+def test_device_commands_run_on_python38(py38, tmp_path):
+    bin_dir, bundle = py38
+    cli = bin_dir / "resnet-deploy"
+    assert _ok(_run([bin_dir / "python", "-c", "import sys; print(sys.version_info[:2])"])).strip() == "(3, 8)"
+    assert "device-build" in _ok(_run([cli, "--help"]))
+    assert "jetson" in _ok(_run([cli, "targets"]))
+    assert "xavier-nx" in _ok(_run([cli, "devices"]))
+
+    image = tmp_path / "sample.png"
+    _ok(_run([bin_dir / "python", "-c", "import sys, numpy as np; from PIL import Image; "
+              "Image.fromarray(np.load(sys.argv[1])['pixels'][0].squeeze().astype('uint8')).save(sys.argv[2])",
+              bundle / "eval_sample.npz", image]))
+    answer = json.loads(_ok(_run([cli, "infer", "--json", bundle, image])))
+    assert len(answer["results"]) == 1 and len(answer["results"][0]["top"]) == 5
+
+    for precision in ("int8", "fp32"):
+        report = json.loads(_ok(_run([cli, "bench", bundle, "--runtime", "onnxruntime", "--precision", precision,
+                                      "--iterations", "5", "--seconds", "0", "--json", "--out", tmp_path / "r.json"])))
+        acc = report["accuracy"]
+        assert report["artifact"]["target"] == "onnxruntime" and acc["images"] == 200
+        # The same images and model as the build measured (ONNX Runtime 1.19 here, the build's own there).
+        assert acc["top1"] == acc["build_top1_same_images"] == _report_row(bundle, "onnxruntime", precision)[
+            "sample_top1"], report
+
+
+def test_tensorrt_side_modules_import_on_python38(py38):
+    bin_dir, _ = py38
+    python = bin_dir / "python"
+    package = Path(_ok(_run([python, "-c", "import resnet_deploy, os; print(os.path.dirname(resnet_deploy.__file__))"]
+                            )).strip())
+    modules = ["resnet_deploy.pipeline.device", "resnet_deploy.cli"] + sorted(
+        "resnet_deploy.targets.tensorrt" + ("" if p.stem == "__init__" else f".{p.stem}")
+        for p in (package / "targets" / "tensorrt").glob("*.py"))
+    assert len(modules) > 8, modules
+    failed = {}
+    for m in modules:  # each in a fresh interpreter, so no module is imported by another's success
+        got = _run([python, "-c", f"import {m}"])
+        if got.returncode != 0:
+            failed[m] = got.stderr.strip().splitlines()[-1]
+    assert not failed, failed
+
+
+def test_build_side_says_it_needs_python310(py38, tmp_path):
+    bin_dir, _ = py38
+    for command in ("build", "train"):
+        got = _run([bin_dir / "resnet-deploy", command, "--out", tmp_path / command])
+        assert got.returncode == 2, (got.stdout, got.stderr)
+        assert f"resnet-deploy {command} needs Python 3.10 or newer (this is 3.8." in got.stderr
+        assert "Traceback" not in got.stderr and not (tmp_path / command).exists()
+
+
+def test_engine_built_and_run_through_tensorrt_8_5_on_python38(py38, tmp_path):
+    """JetPack 5.1: Python 3.8 with TensorRT 8.5.2 (the strict stand-in; see tests/_py38_tensorrt_run.py)."""
+    bin_dir, bundle = py38
+    report = tmp_path / "device_report.json"
+    _ok(_run([bin_dir / "python", ROOT / "tests" / "_py38_tensorrt_run.py", bundle, ROOT / "tests" / "targets",
+              TRT_VERSION, report]))
+    got = json.loads(report.read_text())
+    assert got["artifact"]["runtime"] == "tensorrt" and got["runner"].startswith(f"TensorRT {TRT_VERSION}")
+    assert got["artifact"]["details"]["engine_key"]["tensorrt"] == TRT_VERSION
+    assert [r["batch"] for r in got["latency"]] == [1, 8]
+    # The stand-in's engine runs the Q/DQ graph: what reached it, in chunks of the engine's batch range, and
+    # what came back must give that graph's own top-1. (Not compared with the build's simulated row: ONNX
+    # Runtime 1.19, the last for Python 3.8, rounds this symmetric-INT8 graph differently from the build's.)
+    expected = json.loads(report.with_name(report.name + ".expected.json").read_text())
+    assert got["accuracy"]["top1"] == expected["top1"] and got["accuracy"]["images"] == 200
