@@ -94,6 +94,38 @@ def choose_artifact(b: LoadedBundle, *, runtime: str | None = None, precision: s
     return min(runnable, key=rank)
 
 
+def artifact_to_time(bundle: Path, *, runtime: str | None, precision: str | None, simulated_ok: bool,
+                     ui: Any = None) -> tuple[LoadedBundle, Artifact]:
+    """The artifact ``bench`` times. A CPU simulation of a device model is never passed off as the device:
+    its target's on-device build step runs first where it can (TensorRT present); otherwise the simulation
+    is refused unless ``simulated_ok``, and then every figure is labelled as a simulation."""
+    b = open_bundle(bundle)
+    artifact = choose_artifact(b, runtime=runtime, precision=precision)
+    if not artifact.simulated:
+        return b, artifact
+    target = get_target(artifact.target)
+    why = f"--target {artifact.target} has no on-device build step"
+    if target.has_device_build(bundle):
+        try:
+            for line in device_build(bundle, {}):
+                if ui is not None:
+                    ui.info(line)
+            b = open_bundle(bundle)
+            built = choose_artifact(b, runtime=runtime, precision=precision)
+            if not built.simulated:
+                return b, built
+            why = "the engine was built but this machine cannot run it"
+        except DependencyError as err:
+            why = str(err)
+    if simulated_ok:
+        return b, artifact
+    raise ConfigError(
+        f"{bundle}: the {artifact.target} {artifact.precision} row is a CPU simulation of the device's engine, so "
+        f"timing it would not measure the device. The engine could not be built here ({why}) Run "
+        f"`resnet-deploy device-build {bundle}` on the device, or pass --simulated to time the simulation, "
+        "labelled as such.")
+
+
 def load_runner(b: LoadedBundle, artifact: Artifact, *, threads: int | None = None, hint: str | None = None) -> Runner:
     if Path(artifact.path).is_absolute():  # an engine in a --cache-dir outside the bundle: its own recorded hash
         bundle_io.verify_external(Path(artifact.path), sha256=artifact.sha256 or "")
@@ -224,7 +256,9 @@ def bench(b: LoadedBundle, runner: Runner, artifact: Artifact, *, batches: Seque
         batch = np.ascontiguousarray(np.concatenate([inputs] * reps)[:n])
         rows.append(measure(runner.run, batch, latency).to_dict())
     result: dict[str, Any] = {"bundle": str(b.path), "artifact": artifact.to_dict(), "runner": runner.description,
-                              "latency": rows}
+                              "simulated": artifact.simulated, "latency": rows}
+    if artifact.simulated:  # said in the file too, not only on the terminal
+        result["measured_on"] = "CPU simulation of the device model, not the device"
     if accuracy:
         acc = score(predict(runner.run, inputs), labels, len(names))
         built = next((r for r in b.report.results if r.artifact == artifact.path), None)

@@ -366,20 +366,24 @@ def infer(ui: Ui, bundle, images, top, runtime, precision, as_json) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Device report path (default: BUNDLE/device_report.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print the device report as JSON.")
+@click.option("--simulated", is_flag=True,
+              help="Time the CPU simulation of a device model when the device's engine cannot be built here "
+                   "(labelled as a simulation everywhere).")
 @quiet_option
 @pass_ui
 def bench(ui: Ui, bundle, runtime, precision, batches, threads, hint, warmup, iterations, seconds, out,
-          as_json) -> None:
+          as_json, simulated) -> None:
     """Latency (p50/p90/p99), throughput and accuracy of a bundle on this machine (no PyTorch needed)."""
     from resnet_deploy.host import cpu_name
     from resnet_deploy.pipeline import device
     from resnet_deploy.pipeline.bundle import write_json
     from resnet_deploy.pipeline.latency import LatencySettings
 
-    b = device.open_bundle(bundle)
-    artifact = device.choose_artifact(b, runtime=runtime, precision=precision)
+    b, artifact = device.artifact_to_time(bundle, runtime=runtime, precision=precision, simulated_ok=simulated,
+                                          ui=ui)
     runner = device.load_runner(b, artifact, threads=threads, hint=hint)
-    ui.info(f"benchmarking {artifact.path} ({artifact.precision}) on {runner.description}")
+    label = "[CPU simulation, not the device] " if artifact.simulated else ""
+    ui.info(f"{label}benchmarking {artifact.path} ({artifact.precision}) on {runner.description}")
     settings = LatencySettings(warmup=warmup, min_iterations=iterations, max_iterations=max(iterations, 100_000),
                                min_seconds=seconds)
     result = device.bench(b, runner, artifact, batches=batches, latency=settings)
@@ -398,13 +402,13 @@ def bench(ui: Ui, bundle, runtime, precision, batches, threads, hint, warmup, it
         return
     for row in result["latency"]:
         lat = row["latency_ms"]
-        click.echo(f"batch {row['batch']:4d}: p50 {lat['p50']:.3f} ms  p90 {lat['p90']:.3f} ms  p99 {lat['p99']:.3f} ms"
-                   f"  {row['throughput_ips']:.0f} img/s  ({row['iterations']} runs)")
+        click.echo(f"{label}batch {row['batch']:4d}: p50 {lat['p50']:.3f} ms  p90 {lat['p90']:.3f} ms  "
+                   f"p99 {lat['p99']:.3f} ms  {row['throughput_ips']:.0f} img/s  ({row['iterations']} runs)")
     acc = result.get("accuracy")
     if acc:
         same = acc["build_top1_same_images"]
         ref = f" (build measured {same * 100:.2f}% on the same images)" if same is not None else ""
-        click.echo(f"top-1 on {acc['images']} bundled images: {acc['top1'] * 100:.2f}%{ref}")
+        click.echo(f"{label}top-1 on {acc['images']} bundled images: {acc['top1'] * 100:.2f}%{ref}")
 
 
 @main.command()

@@ -267,3 +267,32 @@ def test_infer_answers_the_good_images_and_names_the_bad(bundle, tmp_path):
     assert as_json.exit_code == 2
     payload = json.loads(as_json.output[: as_json.output.rindex("}") + 1])
     assert [("top" in r, "error" in r) for r in payload["results"]] == [(True, False), (False, True)]
+
+
+# --- issue 9: bench never passes a simulation off as the device -----------------------------------
+
+@pytest.fixture(scope="module")
+def jetson_bundle(tmp_path_factory, fashion_mnist) -> Path:
+    out = tmp_path_factory.mktemp("jetson") / "b"
+    result = CliRunner().invoke(main, ["build", "--target", "jetson", "--eval-samples", "200",
+                                       "--calib-samples", "32", "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_bench_refuses_to_time_a_simulation_as_the_device(jetson_bundle):
+    result = run("bench", str(jetson_bundle), "--iterations", "3", "--seconds", "0")
+    assert_user_error(result, "CPU simulation", "device-build", "--simulated", "TensorRT is not installed")
+
+
+def test_bench_labels_a_simulation_it_was_asked_for_everywhere(jetson_bundle, tmp_path):
+    report = tmp_path / "r.json"
+    result = run("bench", str(jetson_bundle), "--simulated", "--iterations", "3", "--seconds", "0", "-q",
+                 "--out", str(report))
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines and all(line.startswith("[CPU simulation, not the device]") for line in lines)
+    data = json.loads(report.read_text())
+    assert data["simulated"] is True and "not the device" in data["measured_on"]
+    as_json = run("bench", str(jetson_bundle), "--simulated", "--iterations", "3", "--seconds", "0", "--json")
+    assert json.loads(as_json.stdout)["simulated"] is True
