@@ -73,7 +73,8 @@ def _run(command: list, *, timeout: float = 600, cwd: Path | None = None) -> sub
 
 
 def _ok(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 0, f"{' '.join(result.args)}: exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    command = " ".join(result.args)
+    assert result.returncode == 0, f"{command}: exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     return result.stdout
 
 
@@ -183,9 +184,9 @@ def test_tensorrt_side_modules_import_on_python38(py38):
     python = bin_dir / "python"
     package = Path(_ok(_run([python, "-c", "import resnet_deploy, os; print(os.path.dirname(resnet_deploy.__file__))"]
                             )).strip())
-    modules = ["resnet_deploy.pipeline.device", "resnet_deploy.cli"] + sorted(
-        "resnet_deploy.targets.tensorrt" + ("" if p.stem == "__init__" else f".{p.stem}")
-        for p in (package / "targets" / "tensorrt").glob("*.py"))
+    tensorrt_side = sorted("resnet_deploy.targets.tensorrt" + ("" if p.stem == "__init__" else f".{p.stem}")
+                           for p in (package / "targets" / "tensorrt").glob("*.py"))
+    modules = ["resnet_deploy.pipeline.device", "resnet_deploy.cli", *tensorrt_side]
     assert len(modules) > 8, modules
     failed = {}
     for m in modules:  # each in a fresh interpreter, so no module is imported by another's success

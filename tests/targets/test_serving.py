@@ -81,7 +81,8 @@ def test_fill_script_builds_a_repository(bundle, tmp_path):
     assert (repo / "jetson_int8" / "1" / "model.plan").read_bytes() == b"plan"
     assert (repo / "onnxruntime_int8" / "1" / "model.onnx").read_bytes() == \
         (work / "onnxruntime" / "model_int8.onnx").read_bytes()
-    assert (repo / "openvino_int8" / "1" / "model.bin").is_file() and (repo / "openvino_int8" / "config.pbtxt").is_file()
+    assert (repo / "openvino_int8" / "1" / "model.bin").is_file()
+    assert (repo / "openvino_int8" / "config.pbtxt").is_file()
 
 
 def _key_file(path: Path) -> dict[str, str]:
