@@ -12,6 +12,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import glob
+import sys
+from pathlib import Path
 from typing import Any
 
 from resnet_deploy.errors import BundleError, DependencyError
@@ -28,7 +30,9 @@ _SEARCH = ("/usr/local/cuda/lib64/libcudart.so*", "/usr/local/cuda/targets/*/lib
 def load_library() -> Any:
     """libcudart through ctypes, or DependencyError naming where it was looked for."""
     names = [n for n in (ctypes.util.find_library("cudart"),) if n] + list(_CANDIDATES)
-    names += sorted({p for pattern in _SEARCH for p in glob.glob(pattern)}, reverse=True)
+    # pip's nvidia-cuda-runtime wheel (a dependency of the tensorrt wheel) keeps it in site-packages
+    wheels = [str(Path(entry) / "nvidia" / "cuda_runtime" / "lib" / "libcudart.so*") for entry in sys.path if entry]
+    names += sorted({p for pattern in (*_SEARCH, *wheels) for p in glob.glob(pattern)}, reverse=True)
     for name in names:
         try:
             return ctypes.CDLL(name)

@@ -18,16 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resnet_deploy.errors import BundleError, DependencyError, VerificationError
+from resnet_deploy.errors import BundleError, ConfigError, DependencyError, VerificationError
 from resnet_deploy.targets.tensorrt import engine_cache as cache
 from resnet_deploy.targets.tensorrt.calibration_cache import header_version, read_cache, retarget_cache, version_code
 from resnet_deploy.targets.tensorrt.config import BUILD_CONFIG, TrtBuildConfig
+from resnet_deploy.targets.tensorrt.cudart import CudaRuntime
 from resnet_deploy.targets.tensorrt.profiles import has_fast_int8
 
 ENGINES = "engines"
 
 _INSTALL_HINT = ("On a Jetson, TensorRT comes with JetPack (`sudo apt install nvidia-jetpack`, Python module "
-                 "python3-libnvinfer); on a desktop GPU `pip install tensorrt cuda-python`.")
+                 "python3-libnvinfer); on a desktop GPU `pip install tensorrt` (its CUDA runtime libraries come "
+                 "with it).")
 
 
 @dataclass(frozen=True)
@@ -61,37 +63,20 @@ def import_tensorrt():
     return trt
 
 
-def cuda_runtime():
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6 layout
-    except ImportError:
-        try:
-            from cuda import cudart  # older cuda-python
-        except ImportError:
-            raise DependencyError("TensorRT runs need cuda-python for GPU buffers: `pip install cuda-python` "
-                                  "(the major version matching the CUDA of the device).") from None
-    return cudart
-
-
-def check_cuda(result: Any, what: str):
-    err, *rest = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
-        raise BundleError(f"CUDA call {what} failed ({err}); is the NVIDIA driver working (nvidia-smi / tegrastats)?")
-    return rest[0] if len(rest) == 1 else rest
+def cuda_runtime() -> CudaRuntime:
+    """The CUDA runtime through ctypes (``cudart.py`` says why not cuda-python)."""
+    return CudaRuntime()
 
 
 def gpu_info() -> GpuInfo | None:
-    """The first CUDA device, or None without cuda-python or a GPU."""
+    """The first CUDA device, or None without the CUDA runtime or a GPU."""
     try:
-        cudart = cuda_runtime()
+        cuda = cuda_runtime()
     except DependencyError:
         return None
-    err, count = cudart.cudaGetDeviceCount()
-    if int(err) != 0 or count < 1:
+    if cuda.device_count() < 1:
         return None
-    props = check_cuda(cudart.cudaGetDeviceProperties(0), "cudaGetDeviceProperties")
-    name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
-    return GpuInfo(name.rstrip("\x00").strip(), (int(props.major), int(props.minor)))
+    return GpuInfo(cuda.device_name(0), cuda.compute_capability(0))
 
 
 def engine_ready() -> bool:
@@ -123,14 +108,48 @@ def _cache_calibrator(trt, cache_bytes: bytes):
     return CacheCalibrator()
 
 
+def trt_major(trt: Any) -> int:
+    return int(str(trt.__version__).split(".")[0])
+
+
 def build_plan(cfg: TrtBuildConfig, onnx: Path, *, mode: str, precision: str, calibration: Path | None,
                timing_cache: Path) -> bytes:
-    """Parse ``onnx`` and build a serialized engine with ``cfg``'s profile, precision, DLA and workspace."""
+    """Parse ``onnx`` and build a serialized engine with ``cfg``'s profile, precision, DLA and workspace.
+
+    One path for TensorRT 8.2 to 11 (the README's table gives the source of each rule):
+    - 8.x: explicit-batch networks need the EXPLICIT_BATCH flag; 10.x: the only mode, no flag;
+    - 8.2/8.3: ``max_workspace_size``; 8.4+: ``set_memory_pool_limit`` (the attribute is gone in 10.0);
+    - 8.x-10.x: weakly typed networks, where "to enable any quantization operations, the INT8 flag must be
+      set" (TensorRT developer guide) for Q/DQ graphs and calibration alike, FP16 for the layers left
+      unquantized; implicit INT8 replays the bundle's calibration cache through IInt8EntropyCalibrator2;
+    - 11.x: the precision flags, the calibrator and EXPLICIT_BATCH are gone: networks are strongly typed
+      (the Q/DQ graph's types decide), so only explicit quantization builds, and no DLA before 11.4.1.
+    """
     trt = import_tensorrt()
+    major = trt_major(trt)
+    strongly_typed = major >= 11
+    if strongly_typed and (mode == "implicit" or precision != "int8"):
+        why = ("DLA takes INT8 through a calibration cache, which TensorRT 11 no longer reads (DLA returns in "
+               "11.4.1)" if cfg.dla_core is not None else
+               "implicit INT8 (calibration cache) and the FP16 flag are gone in TensorRT 11; it builds FP16 from "
+               "an FP16 ONNX only")
+        raise DependencyError(f"TensorRT {trt.__version__} cannot build this {precision} engine: {why}. Use the "
+                              "TensorRT of the device's profile (resnet-deploy devices), or a GPU target with "
+                              "explicit INT8.")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    major = int(trt.__version__.split(".")[0])
-    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if cfg.dla_core is not None:
+        cores = getattr(builder, "num_DLA_cores", None)
+        if cores is not None and not 0 <= cfg.dla_core < cores:
+            raise ConfigError(f"--dla-core {cfg.dla_core}: this device's TensorRT sees {cores} DLA core(s); pick "
+                              f"0..{cores - 1}" + (" or leave --dla-core out" if cores else " by leaving it out")
+                              + ". Build the bundle with the --device profile of this module.")
+    if strongly_typed:
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    elif major >= 10:
+        flags = 0
+    else:
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx)):
@@ -147,16 +166,14 @@ def build_plan(cfg: TrtBuildConfig, onnx: Path, *, mode: str, precision: str, ca
     profile.set_shape(cfg.input_name, lo, opt, hi)
     config.add_optimization_profile(profile)
 
-    # Weakly typed networks (the default here): "to enable any quantization operations, the INT8 flag must
-    # be set" (TensorRT developer guide, 8.x; the same holds for weak typing in 10.x), for Q/DQ networks and
-    # calibration alike. FP16 too, for the layers left unquantized; DLA runs nothing in FP32.
-    config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)
-        if mode == "implicit":
-            assert calibration is not None  # build_engine passes the bundle's cache in implicit mode
-            config.int8_calibrator = _cache_calibrator(trt, calibration.read_bytes())
-            config.set_calibration_profile(profile)
+    if not strongly_typed:
+        config.set_flag(trt.BuilderFlag.FP16)
+        if precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)
+            if mode == "implicit":
+                assert calibration is not None  # build_engine passes the bundle's cache in implicit mode
+                config.int8_calibrator = _cache_calibrator(trt, calibration.read_bytes())
+                config.set_calibration_profile(profile)
     if cfg.dla_core is not None:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = cfg.dla_core

@@ -1,4 +1,4 @@
-"""``run(batch) -> logits`` on a TensorRT engine, with cuda-python buffers: the device-side runner.
+"""``run(batch) -> logits`` on a TensorRT engine, with buffers from the CUDA runtime: the device-side runner.
 
 TensorRT 8.5+ name-based I/O (``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``);
 the binding-index API (``set_binding_shape``, ``execute_async_v2``) for 8.2-8.4, removed in 10.0.
@@ -11,17 +11,20 @@ from pathlib import Path
 import numpy as np
 
 from resnet_deploy.errors import BundleError
-from resnet_deploy.targets.tensorrt.engine import GpuInfo, check_cuda, cuda_runtime, gpu_info, import_tensorrt
+from resnet_deploy.targets.tensorrt.cudart import DEVICE_TO_HOST, HOST_TO_DEVICE
+from resnet_deploy.targets.tensorrt.engine import GpuInfo, cuda_runtime, gpu_info, import_tensorrt
 
 
 class TrtRunner:
     """``run(batch) -> logits`` on a TensorRT engine; batches beyond the profile are split, short ones padded."""
 
-    def __init__(self, engine_path: Path) -> None:
+    def __init__(self, engine_path: Path, *, dla_core: int | None = None) -> None:
         trt = import_tensorrt()
-        self._cudart = cudart = cuda_runtime()
+        self._cuda = cuda = cuda_runtime()
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
+        if dla_core is not None:  # a DLA engine deserializes onto the core the runtime names (default 0)
+            self._runtime.DLA_core = dla_core
         self._engine = self._runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
         if self._engine is None:
             raise BundleError(f"TensorRT {trt.__version__} cannot load {engine_path}: it was built by another "
@@ -41,10 +44,11 @@ class TrtRunner:
         self._set_shape(hi)
         out_shape = tuple(self._out_shape())
         self._per_image_out = int(np.prod(out_shape[1:]))
-        self._stream = check_cuda(cudart.cudaStreamCreate(), "cudaStreamCreate")
-        self._d_in = check_cuda(cudart.cudaMalloc(int(np.prod(hi)) * 4), "cudaMalloc")
-        self._d_out = check_cuda(cudart.cudaMalloc(self._max * self._per_image_out * 4), "cudaMalloc")
-        self.description = f"TensorRT {trt.__version__} on {(gpu_info() or GpuInfo('GPU', (0, 0))).name}"
+        self._stream = cuda.stream_create()
+        self._d_in = cuda.malloc(int(np.prod(hi)) * 4)
+        self._d_out = cuda.malloc(self._max * self._per_image_out * 4)
+        where = (gpu_info() or GpuInfo("GPU", (0, 0))).name + (f", DLA core {dla_core}" if dla_core is not None else "")
+        self.description = f"TensorRT {trt.__version__} on {where}"
 
     def _set_shape(self, shape: tuple[int, ...]) -> None:
         if self._v3:
@@ -60,15 +64,12 @@ class TrtRunner:
         return np.concatenate([self._run_chunk(batch[i:i + self._max]) for i in range(0, len(batch), self._max)])
 
     def _run_chunk(self, chunk: np.ndarray) -> np.ndarray:
-        cudart, n = self._cudart, len(chunk)
+        cuda, n = self._cuda, len(chunk)
         if n < self._min:  # a static (DLA) profile: pad with zeros, drop the padding's logits
             chunk = np.concatenate([chunk, np.zeros((self._min - n, *chunk.shape[1:]), np.float32)])
         self._set_shape(chunk.shape)
         out = np.empty((len(chunk), self._per_image_out), dtype=np.float32)
-        kind = cudart.cudaMemcpyKind
-        h2d = cudart.cudaMemcpyAsync(self._d_in, chunk.ctypes.data, chunk.nbytes, kind.cudaMemcpyHostToDevice,
-                                     self._stream)
-        check_cuda(h2d, "cudaMemcpyAsync (to the GPU)")
+        cuda.copy_async(self._d_in, chunk.ctypes.data, chunk.nbytes, HOST_TO_DEVICE, self._stream)
         if self._v3:
             self._context.set_tensor_address(self._input, int(self._d_in))
             self._context.set_tensor_address(self._output, int(self._d_out))
@@ -77,22 +78,20 @@ class TrtRunner:
             ok = self._context.execute_async_v2([int(self._d_in), int(self._d_out)], int(self._stream))
         if not ok:
             raise BundleError("TensorRT failed to enqueue the engine; run with a smaller batch or rebuild it.")
-        d2h = cudart.cudaMemcpyAsync(out.ctypes.data, self._d_out, out.nbytes, kind.cudaMemcpyDeviceToHost,
-                                     self._stream)
-        check_cuda(d2h, "cudaMemcpyAsync (from the GPU)")
-        check_cuda(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        cuda.copy_async(out.ctypes.data, self._d_out, out.nbytes, DEVICE_TO_HOST, self._stream)
+        cuda.synchronize(self._stream)
         return out[:n]
 
     def close(self) -> None:
-        cudart = getattr(self, "_cudart", None)
-        if cudart is None:
+        cuda = getattr(self, "_cuda", None)
+        if cuda is None:
             return
         for ptr in (getattr(self, "_d_in", None), getattr(self, "_d_out", None)):
             if ptr is not None:
-                cudart.cudaFree(ptr)
+                cuda.free(ptr)
         if getattr(self, "_stream", None) is not None:
-            cudart.cudaStreamDestroy(self._stream)
-        self._cudart = None
+            cuda.stream_destroy(self._stream)
+        self._cuda = None
 
     def __del__(self) -> None:
         self.close()

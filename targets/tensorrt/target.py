@@ -129,7 +129,8 @@ class TrtTargetBase(Target):
         if artifact.runtime == RUNTIME.name:
             from resnet_deploy.targets.tensorrt.runner import TrtRunner
 
-            return TrtRunner(path)
+            dla = (artifact.details.get("engine_key") or {}).get("dla_core")
+            return TrtRunner(path, dla_core=None if dla is None else int(dla))
         raise ConfigError(f"--target {self.name} cannot load a {artifact.runtime} artifact ({artifact.path}).")
 
     # --- on the device ------------------------------------------------------------------------------

@@ -677,3 +677,51 @@ _BEHAVIOUR: Dict[str, Dict[str, Any]] = {
              "__eq__": lambda f, s, o: tuple(s) == tuple(o), "__repr__": lambda f, s: repr(_state(s)["shape"]),
              "__str__": lambda f, s: str(_state(s)["shape"]), "MAX_DIMS": lambda f, s: 8},
 }
+
+
+class HostCuda:
+    """Host memory posing as device memory, with the method surface of ``targets/tensorrt/cudart.py``'s
+    ``CudaRuntime`` (and nothing else: an unknown call fails like a missing libcudart symbol would)."""
+
+    __slots__ = ("buffers", "capability", "freed", "name", "streams")
+
+    def __init__(self, name: str = "Orin", capability: tuple = (8, 7)) -> None:
+        self.buffers: dict = {}
+        self.freed: list = []
+        self.streams: list = []
+        self.name, self.capability = name, capability
+
+    def device_count(self) -> int:
+        return 1
+
+    def device_name(self, device: int = 0) -> str:
+        return self.name
+
+    def compute_capability(self, device: int = 0) -> tuple:
+        return self.capability
+
+    def malloc(self, nbytes: int) -> int:
+        import ctypes
+
+        buf = ctypes.create_string_buffer(nbytes)
+        self.buffers[ctypes.addressof(buf)] = buf
+        return ctypes.addressof(buf)
+
+    def free(self, ptr: int) -> None:
+        self.freed.append(ptr)
+
+    def stream_create(self) -> int:
+        self.streams.append(len(self.streams) + 7)
+        return self.streams[-1]
+
+    def stream_destroy(self, stream: int) -> None:
+        self.streams.remove(stream)
+
+    def copy_async(self, dst: int, src: int, nbytes: int, kind: int, stream: int) -> None:
+        import ctypes
+
+        assert kind in (1, 2) and stream in self.streams
+        ctypes.memmove(dst, src, nbytes)
+
+    def synchronize(self, stream: int) -> None:
+        assert stream in self.streams

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from strict_trt import TABLES, VERSIONS, make_tensorrt, table_for
+from strict_trt import TABLES, VERSIONS, HostCuda, make_tensorrt, table_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -217,38 +217,6 @@ def _tiny_onnx(path: Path) -> Path:
     return path
 
 
-class _HostCudart:
-    """Host memory posing as device memory: the cuda-python calls TrtRunner makes."""
-
-    cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
-
-    def __init__(self):
-        import ctypes
-
-        self.ctypes, self.buffers = ctypes, {}
-
-    def cudaStreamCreate(self):
-        return 0, 7
-
-    def cudaMalloc(self, size):
-        buf = self.ctypes.create_string_buffer(size)
-        self.buffers[self.ctypes.addressof(buf)] = buf
-        return 0, self.ctypes.addressof(buf)
-
-    def cudaMemcpyAsync(self, dst, src, size, kind, stream):
-        self.ctypes.memmove(dst, src, size)
-        return (0,)
-
-    def cudaStreamSynchronize(self, stream):
-        return (0,)
-
-    def cudaFree(self, ptr):
-        return (0,)
-
-    def cudaStreamDestroy(self, stream):
-        return (0,)
-
-
 def _cfg(dla_core=None):
     shapes = ((1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8))
     return types.SimpleNamespace(workspace_mb=64, input_name="input", dla_core=dla_core, shapes=lambda: shapes)
@@ -259,8 +227,8 @@ def _build_and_run(version: str, tmp_path: Path, monkeypatch, log: list, *, prec
     from resnet_deploy.targets.tensorrt import runner as _trt_runner
 
     monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt(version, log=log))
-    cudart = _HostCudart()
-    monkeypatch.setattr(_trt_runner, "cuda_runtime", lambda: cudart)
+    cuda = HostCuda()
+    monkeypatch.setattr(_trt_runner, "cuda_runtime", lambda: cuda)
     monkeypatch.setattr(_trt_runner, "gpu_info", lambda: _trt_engine.GpuInfo("Orin", (8, 7)))
     calibration = tmp_path / "calibration.cache"
     calibration.write_bytes(b"TRT-8502-EntropyCalibration2\ninput: 3c010a14\n")
@@ -276,14 +244,21 @@ def _build_and_run(version: str, tmp_path: Path, monkeypatch, log: list, *, prec
     return runner
 
 
-@pytest.mark.parametrize("version", ["8.2.1", "8.5.2", "8.6.1", "10.3.0"])
+@pytest.mark.parametrize("version", ["8.2.1", "8.5.2", "8.6.1", "10.3.0", "11.1"])
 def test_product_builds_and_runs_under_each_release(version, tmp_path, monkeypatch):
     log: list = []
     runner = _build_and_run(version, tmp_path, monkeypatch, log)
     flags = next(e for e in log if e[0] == "network_flags")[1]
-    assert flags == (0 if version.startswith("10") else 1)  # EXPLICIT_BATCH before 10
+    major = int(version.split(".")[0])
+    # EXPLICIT_BATCH (bit 0) before 10; nothing on 10; STRONGLY_TYPED on 11, where the precision flags are gone
+    expected_flags = {8: 1, 10: 0}.get(major)
+    if major >= 11:
+        trt = sys.modules["tensorrt"]
+        expected_flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    assert flags == expected_flags
     assert ("pool", "WORKSPACE", 64 << 20) in log  # max_workspace_size on 8.2, the memory pool after
-    assert [e for e in log if e[0] == "build"] == [("build", ["FP16", "INT8"], "GPU", -1, None)]
+    precision_flags = [] if major >= 11 else ["FP16", "INT8"]
+    assert [e for e in log if e[0] == "build"] == [("build", precision_flags, "GPU", -1, None)]
     assert runner._v3 == (version != "8.2.1")  # execute_async_v3 from 8.5
 
 
@@ -294,10 +269,12 @@ def test_product_implicit_int8_replays_the_calibration_cache(tmp_path, monkeypat
     assert next(e for e in log if e[0] == "build")[-1] == b"TRT-8502-EntropyCalibration2"
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="TensorRT 11 binds no BuilderFlag.FP16/INT8 (strongly typed only): build_plan sets them")
-def test_product_builds_under_tensorrt_11(tmp_path, monkeypatch):
-    _build_and_run("11.1", tmp_path, monkeypatch, [], precision="fp16", mode="none")
+@pytest.mark.parametrize("precision, mode", [("int8", "implicit"), ("fp16", "none")])
+def test_tensorrt_11_refuses_what_it_cannot_build_with_the_reason(tmp_path, monkeypatch, precision, mode):
+    from resnet_deploy.errors import DependencyError
+
+    with pytest.raises(DependencyError, match="TensorRT 11"):
+        _build_and_run("11.1", tmp_path, monkeypatch, [], precision=precision, mode=mode)
 
 
 # --- (c) the extractor, on a pybind11 snippet copied from the 8.2.1 sources ---------------------------------

@@ -6,6 +6,7 @@ DLA core, calibrator, shapes, workspace); tests marked ``tensorrt`` use the real
 
 from __future__ import annotations
 
+import ctypes
 import json
 import shutil
 import stat
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from strict_trt import HostCuda, make_tensorrt
 
 from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.errors import BundleError, ConfigError, DependencyError
@@ -281,94 +283,12 @@ def test_edited_or_torn_engine_is_rebuilt(tmp_path):
 
 # --- the builder, against a stand-in TensorRT ---------------------------------------------------------
 
-def fake_tensorrt(version: str, log: list) -> types.ModuleType:
-    """Just enough of the TensorRT Python API for build_plan, recording every setting it receives."""
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = version
-    ns = types.SimpleNamespace
-    trt.NetworkDefinitionCreationFlag = ns(EXPLICIT_BATCH=0)
-    trt.MemoryPoolType = ns(WORKSPACE="WORKSPACE")
-    trt.BuilderFlag = ns(FP16="FP16", INT8="INT8", GPU_FALLBACK="GPU_FALLBACK")
-    trt.DeviceType = ns(GPU="GPU", DLA="DLA")
-
-    class Logger:
-        WARNING = 2
-
-        def __init__(self, level): ...
-
-    class IInt8EntropyCalibrator2:
-        def __init__(self): ...
-
-    class TimingCache:
-        def serialize(self):
-            return b"timing-cache"
-
-    class Profile:
-        def set_shape(self, name, lo, opt, hi):
-            log.append(("shapes", name, tuple(lo), tuple(opt), tuple(hi)))
-
-    class Config:
-        def __init__(self):
-            self.flags, self.int8_calibrator, self.default_device_type, self.DLA_core = set(), None, "GPU", -1
-
-        def set_memory_pool_limit(self, pool, size):
-            log.append(("pool", pool, size))
-
-        def add_optimization_profile(self, profile): ...
-
-        def set_flag(self, flag):
-            self.flags.add(flag)
-
-        def set_calibration_profile(self, profile):
-            log.append(("calibration_profile",))
-
-        def create_timing_cache(self, data):
-            log.append(("timing_in", bytes(data)))
-            return TimingCache()
-
-        def set_timing_cache(self, timing, ignore_mismatch): ...
-
-        def get_timing_cache(self):
-            return TimingCache()
-
-    class OnnxParser:
-        num_errors = 0
-
-        def __init__(self, network, logger): ...
-
-        def parse_from_file(self, path):
-            log.append(("parse", Path(path).name))
-            return True
-
-    class Builder:
-        def __init__(self, logger): ...
-
-        def create_network(self, flags):
-            log.append(("network_flags", flags))
-            return object()
-
-        def create_builder_config(self):
-            return Config()
-
-        def create_optimization_profile(self):
-            return Profile()
-
-        def build_serialized_network(self, network, config):
-            cal = config.int8_calibrator
-            log.append(("build", sorted(config.flags), config.default_device_type, config.DLA_core,
-                        cal.read_calibration_cache().splitlines()[0] if cal else None))
-            return b"PLAN"
-
-    trt.Logger, trt.Builder, trt.OnnxParser = Logger, Builder, OnnxParser
-    trt.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
-    return trt
-
-
 @pytest.fixture
 def fake_gpu(monkeypatch):
     def install(version: str, gpu=("Orin", (8, 7))) -> list:
         log: list = []
-        monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(version, log))
+        # the strict stand-in: exactly the attributes NVIDIA's bindings define at that release
+        monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt(version, log=log))
         monkeypatch.setattr(_trt_engine, "gpu_info", lambda: _trt_engine.GpuInfo(*gpu))
         return log
 
@@ -388,7 +308,7 @@ def test_explicit_int8_build_and_cache_reuse(compiled, fake_gpu):
     assert _builds(log) == [("build", ["FP16", "INT8"], "GPU", -1, None)]  # Q/DQ: no calibrator
     assert ("pool", "WORKSPACE", 512 << 20) in log
     assert ("shapes", "input", (1, 3, 32, 32), (1, 3, 32, 32), (8, 3, 32, 32)) in log
-    assert not first.reused and first.path.read_bytes() == b"PLAN" and first.key.precision == "int8"
+    assert not first.reused and first.path.read_bytes().startswith(b"STRICT-TRT") and first.key.precision == "int8"
     assert (first.key.tensorrt, first.key.gpu, first.key.compute_capability) == ("10.3.0", "Orin", (8, 7))
 
     again = _trt_engine.build_engine(folder)
@@ -399,8 +319,11 @@ def test_explicit_int8_build_and_cache_reuse(compiled, fake_gpu):
     assert not forced.reused and len(_builds(log)) == 2
     assert ("timing_in", b"timing-cache") in log  # the saved timing cache is loaded again
 
-    with open(folder / "model_qdq.onnx", "ab") as f:  # a changed model: stale engine, rebuilt
-        f.write(b"\0")
+    import onnx
+
+    model = onnx.load(str(folder / "model_qdq.onnx"))  # a changed (still valid) model: stale engine, rebuilt
+    model.doc_string = "changed"
+    onnx.save(model, str(folder / "model_qdq.onnx"))
     changed = _trt_engine.build_engine(folder)
     assert not changed.reused and changed.path != first.path and len(_builds(log)) == 3
 
@@ -418,9 +341,9 @@ def test_implicit_int8_on_dla_reads_the_calibration_cache(compiled, fake_gpu):
 
 def test_another_tensorrt_gets_the_cache_under_its_own_header(compiled, fake_gpu):
     bundle, _ = compiled("jetson", device="xavier-nx", dla_core=0)
-    log = fake_gpu("8.6.2", gpu=("Xavier", (7, 2)))
+    log = fake_gpu("8.6.1", gpu=("Xavier", (7, 2)))
     _trt_engine.build_engine(bundle / "jetson")
-    assert _builds(log)[0][-1] == b"TRT-8602-EntropyCalibration2"
+    assert _builds(log)[0][-1] == b"TRT-8601-EntropyCalibration2"
 
 
 def test_gpu_without_fast_int8_builds_fp16(compiled, fake_gpu):
@@ -503,40 +426,7 @@ def test_device_build_needs_a_tensorrt_bundle(compiled):
 
 # --- the runner, against stand-ins for TensorRT and the CUDA runtime -------------------------------------
 
-class _FakeCudart:
-    """Host memory posing as device memory: enough of cuda-python's runtime for TrtRunner."""
-
-    cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
-
-    def __init__(self):
-        import ctypes
-
-        self.ctypes, self.buffers, self.freed = ctypes, {}, []
-
-    def cudaStreamCreate(self):
-        return 0, 7
-
-    def cudaMalloc(self, size):
-        buf = self.ctypes.create_string_buffer(size)
-        self.buffers[self.ctypes.addressof(buf)] = buf
-        return 0, self.ctypes.addressof(buf)
-
-    def cudaMemcpyAsync(self, dst, src, size, kind, stream):
-        self.ctypes.memmove(dst, src, size)
-        return (0,)
-
-    def cudaStreamSynchronize(self, stream):
-        return (0,)
-
-    def cudaFree(self, ptr):
-        self.freed.append(ptr)
-        return (0,)
-
-    def cudaStreamDestroy(self, stream):
-        return (0,)
-
-
-def _fake_runtime_trt(cudart: _FakeCudart, profile: tuple, calls: list) -> types.ModuleType:
+def _fake_runtime_trt(cudart: HostCuda, profile: tuple, calls: list) -> types.ModuleType:
     """An "engine" whose logit k of an image is (k + 1) times the image's mean."""
     trt = types.ModuleType("tensorrt")
     trt.__version__ = "10.3.0"
@@ -560,7 +450,7 @@ def _fake_runtime_trt(cudart: _FakeCudart, profile: tuple, calls: list) -> types
             calls.append(n)
             x = np.frombuffer(cudart.buffers[self.addresses["input"]], np.float32, n * 3 * 32 * 32)
             logits = x.reshape(n, -1).mean(1, keepdims=True) * np.arange(1, 11, dtype=np.float32)
-            cudart.ctypes.memmove(self.addresses["logits"], logits.astype(np.float32).ctypes.data, logits.nbytes)
+            ctypes.memmove(self.addresses["logits"], logits.astype(np.float32).ctypes.data, logits.nbytes)
             return True
 
     class Engine:
@@ -594,7 +484,7 @@ def _fake_runtime_trt(cudart: _FakeCudart, profile: tuple, calls: list) -> types
 def test_runner_splits_and_pads_batches_to_the_engine_profile(tmp_path, monkeypatch, profile, batch, runs):
     from resnet_deploy.targets.tensorrt import runner as _trt_runner
 
-    cudart, calls = _FakeCudart(), []
+    cudart, calls = HostCuda(), []
     monkeypatch.setitem(sys.modules, "tensorrt", _fake_runtime_trt(cudart, profile, calls))
     monkeypatch.setattr(_trt_runner, "cuda_runtime", lambda: cudart)
     monkeypatch.setattr(_trt_runner, "gpu_info", lambda: _trt_engine.GpuInfo("Orin", (8, 7)))
@@ -612,7 +502,7 @@ def test_runner_splits_and_pads_batches_to_the_engine_profile(tmp_path, monkeypa
 def test_runner_refuses_an_engine_of_another_tensorrt(tmp_path, monkeypatch):
     from resnet_deploy.targets.tensorrt import runner as _trt_runner
 
-    cudart = _FakeCudart()
+    cudart = HostCuda()
     monkeypatch.setitem(sys.modules, "tensorrt", _fake_runtime_trt(cudart, (1, 1, 1), []))
     monkeypatch.setattr(_trt_runner, "cuda_runtime", lambda: cudart)
     (tmp_path / "e.engine").write_bytes(b"OTHER")
