@@ -378,6 +378,7 @@ def bench(ui: Ui, bundle, runtime, precision, batches, threads, hint, warmup, it
     from resnet_deploy.pipeline import device
     from resnet_deploy.pipeline.bundle import write_json
     from resnet_deploy.pipeline.latency import LatencySettings
+    from resnet_deploy.targets import get_target
 
     b, artifact = device.artifact_to_time(bundle, runtime=runtime, precision=precision, simulated_ok=simulated,
                                           ui=ui)
@@ -387,7 +388,8 @@ def bench(ui: Ui, bundle, runtime, precision, batches, threads, hint, warmup, it
     settings = LatencySettings(warmup=warmup, min_iterations=iterations, max_iterations=max(iterations, 100_000),
                                min_seconds=seconds)
     result = device.bench(b, runner, artifact, batches=batches, latency=settings)
-    result["host"] = {"cpu": cpu_name(), "threads": threads, "hint": hint}
+    result["host"] = {"cpu": cpu_name(), "threads": threads, "hint": hint,
+                      **get_target(artifact.target).host_facts(artifact)}
     report_path = out or bundle / "device_report.json"
     try:
         with interrupts.critical(done=f"the device report was written to {report_path} just before it."):
@@ -451,6 +453,8 @@ def devices() -> None:
     """List the device profiles of the targets that have them (--device)."""
     from resnet_deploy.targets import get_target, list_targets
 
-    for name in list_targets():
-        for profile, description in get_target(name).profiles():
-            click.echo(f"{profile:12s} {description}  [--target {name}]")
+    rows = [(profile, description, name) for name in list_targets() for profile, description in
+            get_target(name).profiles()]
+    width = max((len(r[0]) for r in rows), default=0)
+    for profile, description, name in rows:
+        click.echo(f"{profile:{width}s}  {description}  [--target {name}]")

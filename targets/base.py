@@ -220,6 +220,11 @@ class Target(ABC):
         """Device profiles, as (name, one-line description), for ``resnet-deploy devices``."""
         return ()
 
+    def host_facts(self, artifact: Artifact) -> Mapping[str, Any]:
+        """What a device report records about the device that ran ``artifact`` beyond the CPU (a Jetson's
+        JetPack and power mode, the TensorRT and GPU or DLA core used)."""
+        return {}
+
     def serving_configs(self, bundle: Path, artifacts: Sequence[Artifact], prep: Preprocessing,
                         num_classes: int) -> Sequence[Path]:
         """Serving-system files for this target's artifacts (a Triton model folder, a DeepStream config),

@@ -107,5 +107,7 @@ def describe_profile(p: DeviceProfile) -> str:
     """One line for ``resnet-deploy devices``: GPU, compute capability, DLA cores, software, precision."""
     precision = "int8" if p.fast_int8 else "fp16 (no fast INT8)"
     stack = f"JetPack {p.jetpack} / TensorRT {p.tensorrt}" if p.jetpack else f"TensorRT {p.tensorrt} (any desktop GPU)"
-    return (f"{p.gpu:28s} sm_{p.compute_capability[0]}{p.compute_capability[1]}  DLA x{p.dla_cores}  "
+    if p.jetpack.startswith("4."):  # JetPack 4.6's Python is 3.6: the device side is trtexec.sh alone
+        stack += " (device side: trtexec.sh only, Python 3.6)"
+    return (f"{p.gpu:32s} sm_{p.compute_capability[0]}{p.compute_capability[1]}  DLA x{p.dla_cores}  "
             f"{stack}  {precision}")

@@ -216,6 +216,19 @@ class TrtTargetBase(Target):
             notes=[*notes, *dla])
         return written
 
+    def host_facts(self, artifact: Artifact) -> dict[str, Any]:
+        from resnet_deploy.targets.tensorrt import engine as trt_engine
+        from resnet_deploy.targets.tensorrt.jetson_facts import jetson_facts
+
+        facts: dict[str, Any] = dict(jetson_facts())
+        if artifact.runtime != RUNTIME.name:
+            return {**facts, "engine": "none: the CPU simulation ran"}
+        trt = trt_engine.import_tensorrt()
+        gpu = trt_engine.gpu_info()
+        dla = (artifact.details.get("engine_key") or {}).get("dla_core")
+        return {**facts, "tensorrt": str(trt.__version__), "gpu": gpu.name if gpu else None,
+                "runs_on": f"DLA core {dla} (GPU fallback)" if dla is not None else "GPU"}
+
     def profiles(self) -> list[tuple[str, str]]:
         return [(p.name, describe_profile(p)) for p in PROFILES.values() if p.is_jetson == self.preset.device_flag]
 
