@@ -9,7 +9,7 @@ CONSTRAINTS ?= constraints-ci.txt
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: install data demo lint test test-slow bench device-check clean
+.PHONY: install data demo lint test test-slow bench device-check device-setup clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -59,3 +59,14 @@ device-check: install data
 	[ -f $(DEVICE_BUNDLE)/manifest.json ] || $(VENV)/bin/resnet-deploy build --target jetson --out $(DEVICE_BUNDLE)
 	$(PY) scripts/device_check.py $(DEVICE_BUNDLE)
 	$(PY) -m pytest -q -m tensorrt
+
+# On a Jetson (JetPack 5.1+, Python 3.8+): a venv that sees JetPack's TensorRT (system site-packages),
+# with the device extra only (no torch). JetPack 4.6 (Python 3.6): use the bundle's trtexec.sh instead.
+DEVICE_VENV ?= .venv-device
+device-setup:
+	python3 -m venv --system-site-packages $(DEVICE_VENV)
+	$(DEVICE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(DEVICE_VENV)/bin/python -m pip install -q '.[device]'
+	@$(DEVICE_VENV)/bin/python -c "import tensorrt; print('TensorRT', tensorrt.__version__)" \
+	  || echo "TensorRT is not importable: install JetPack's python3-libnvinfer (sudo apt install nvidia-jetpack)"
+	@echo "device venv: $(DEVICE_VENV)  (then: $(DEVICE_VENV)/bin/resnet-deploy device-build BUNDLE)"
