@@ -35,8 +35,10 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# One worker per core (pytest-xdist; a test file stays on one worker, so its module fixtures build once).
+PYTEST_WORKERS ?= auto
 test: install data
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 # Real-data end-to-end checks (CIFAR-10 in ../shared/datasets when present, Fashion-MNIST).
 test-slow: install data

@@ -103,12 +103,14 @@ class OnnxRuntimeTarget(Target):
         self.ensure_available()
         folder = bundle / self.name
         folder.mkdir(parents=True, exist_ok=True)
-        fp32 = folder / "model_fp32.onnx"
-        shutil.copyfile(inp.fp32_onnx, fp32)
+        fp32 = Path(inp.fp32_onnx)
+        if bundle.resolve() not in fp32.resolve().parents:  # not in the bundle yet: carry a copy
+            fp32 = Path(shutil.copyfile(fp32, folder / "model_fp32.onnx"))
+        # else the FP32 row is the bundle's own model_fp32.onnx: the same bytes are not stored twice
         int8 = folder / "model_int8.onnx"
         settings = quantize_static_qdq(fp32, int8, inp.calibration)
         return [
-            Artifact(self.name, "fp32", str(fp32.relative_to(bundle)), RUNTIME.name),
+            Artifact(self.name, "fp32", str(fp32.resolve().relative_to(bundle.resolve())), RUNTIME.name),
             Artifact(self.name, "int8", str(int8.relative_to(bundle)), RUNTIME.name,
                      details={"quantization": settings}),
         ]

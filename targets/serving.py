@@ -120,6 +120,7 @@ def with_normalisation(onnx_in: Path, onnx_out: Path, prep: Preprocessing) -> No
         if value.name == name:
             value.name = raw
     onnx.checker.check_model(model)
+    onnx_out.parent.mkdir(parents=True, exist_ok=True)  # deepstream/ may not exist yet: nvinfer_config makes it
     onnx.save(model, str(onnx_out))
 
 

@@ -4,19 +4,23 @@
 cache (implicit INT8: TensorRT 8.x and DLA), ``build_config.json`` and ``trtexec.sh``. An engine is
 tied to the GPU and TensorRT release that built it, so it is built on the device (``device_build``);
 here the Q/DQ graph runs under ONNX Runtime on the CPU as a simulated INT8 row, and the engine is
-built here too only where TensorRT and a GPU are present.
+built here too only where TensorRT and a GPU are present. A Q/DQ model or cache with the same bytes as one
+another target of the bundle already wrote (tensorrt/ and jetson/, one calibration) is stored once:
+``build_config.json`` then names it as ``../tensorrt/model_qdq.onnx``, as it names ``../model_fp32.onnx``.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
 from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.calibration.qdq import QdqResult, make_qdq_onnx
 from resnet_deploy.errors import ConfigError, DependencyError
+from resnet_deploy.files import stored_once
 from resnet_deploy.targets import onnx_session
 from resnet_deploy.targets.base import Artifact, CompileInput, DeviceBuild, Runner, Runtime, Target
 from resnet_deploy.targets.onnxruntime import RUNTIME as ORT_RUNTIME
@@ -65,6 +69,8 @@ class TrtTargetBase(Target):
         if bundle.resolve() not in fp32.resolve().parents:  # not in the bundle yet: carry a copy
             fp32 = Path(shutil.copyfile(fp32, folder / "model_fp32.onnx"))
         qdq = make_qdq_onnx(fp32, folder / tc.QDQ_ONNX, inp.calibration, session=onnx_session)
+        # tensorrt/ and jetson/ built from one model and one calibration get the same Q/DQ model: store it once
+        qdq = replace(qdq, path=stored_once(qdq.path, bundle.glob(f"*/{tc.QDQ_ONNX}")))
         cfg = self._write_device_files(opts, inp, fp32, folder, qdq)
         artifacts = [self._simulated(cfg, qdq, fp32, folder, bundle)]
         engine = self._engine_here(folder, bundle)
@@ -74,7 +80,8 @@ class TrtTargetBase(Target):
                             qdq: QdqResult) -> tc.TrtBuildConfig:
         """calibration.cache, build_config.json and trtexec.sh: what the device needs besides the models."""
         p = opts.profile
-        write_cache(folder / tc.CALIBRATION_CACHE, qdq.amax, trt_version=p.tensorrt)
+        cache = write_cache(folder / tc.CALIBRATION_CACHE, qdq.amax, trt_version=p.tensorrt)
+        cache = stored_once(cache, folder.parent.glob(f"*/{tc.CALIBRATION_CACHE}"))  # same TensorRT, same amax
         note = "" if p.fast_int8 else (
             f"{p.gpu.split(' (')[0]} (sm {p.compute_capability[0]}.{p.compute_capability[1]}) has no fast INT8 "
             "in TensorRT, so its engine is FP16; this row runs the FP32 ONNX under ONNX Runtime in its place "
@@ -82,8 +89,10 @@ class TrtTargetBase(Target):
         cfg = tc.TrtBuildConfig(
             target=self.name, profile=p, precision=p.precision, input_name=_input_name(fp32),
             input_shape=inp.preprocessing.shape, min_batch=1, opt_batch=opts.opt_batch, max_batch=opts.max_batch,
-            dla_core=opts.dla_core, workspace_mb=opts.workspace_mb, qdq_onnx=tc.QDQ_ONNX,
-            fp32_onnx=os.path.relpath(fp32.resolve(), folder.resolve()), calibration_cache=tc.CALIBRATION_CACHE,
+            dla_core=opts.dla_core, workspace_mb=opts.workspace_mb,
+            qdq_onnx=os.path.relpath(qdq.path.resolve(), folder.resolve()),
+            fp32_onnx=os.path.relpath(fp32.resolve(), folder.resolve()),
+            calibration_cache=os.path.relpath(cache.resolve(), folder.resolve()),
             amax_method=qdq.method, note=note)
         cfg.write(folder)
         script = folder / tc.TRTEXEC_SCRIPT
@@ -94,8 +103,8 @@ class TrtTargetBase(Target):
     def _simulated(self, cfg: tc.TrtBuildConfig, qdq: QdqResult, fp32: Path, folder: Path,
                    bundle: Path) -> Artifact:
         """The CPU stand-in for the engine: the Q/DQ graph (INT8), or the FP32 graph for an FP16 device."""
-        model = folder / tc.QDQ_ONNX if cfg.precision == "int8" else fp32
-        files = [folder / tc.CALIBRATION_CACHE, folder / tc.BUILD_CONFIG, folder / tc.TRTEXEC_SCRIPT]
+        model = qdq.path if cfg.precision == "int8" else fp32
+        files = [folder / cfg.calibration_cache, folder / tc.BUILD_CONFIG, folder / tc.TRTEXEC_SCRIPT]
         if model != fp32 and fp32.parent == folder:
             files.append(fp32)
         p = cfg.profile
@@ -104,8 +113,9 @@ class TrtTargetBase(Target):
             "engine_precision": cfg.precision, "quantization": {**qdq.to_dict(), "tensorrt_mode": cfg.mode()},
             "batch": {"min": cfg.min_batch, "opt": cfg.opt_batch, "max": cfg.max_batch}, "dla_core": cfg.dla_core,
         }
-        return Artifact(self.name, cfg.precision, str(model.relative_to(bundle)), ORT_RUNTIME.name, simulated=True,
-                        files=tuple(str(f.relative_to(bundle)) for f in files), note=cfg.note,
+        model_rel = str(model.resolve().relative_to(bundle.resolve()))
+        return Artifact(self.name, cfg.precision, model_rel, ORT_RUNTIME.name, simulated=True,
+                        files=tuple(str(f.resolve().relative_to(bundle.resolve())) for f in files), note=cfg.note,
                         commands={f"{self.name}-trtexec": f"cd {folder.name} && {trtexec_command(cfg)}"},
                         details=details)
 
@@ -193,10 +203,11 @@ class TrtTargetBase(Target):
         onnx_rel = os.path.normpath(f"{self.name}/{cfg.onnx_for(mode)}")
         scale, offsets, exact = serving.nvinfer_normalisation(prep)
         if not exact:  # nvinfer cannot scale channels apart: normalise in the graph
-            pixels = f"{serving.DEEPSTREAM}/model_{self.name}_pixels.onnx"
-            serving.with_normalisation(bundle / onnx_rel, bundle / pixels, prep)
-            written.append(bundle / pixels)
-            onnx_rel = pixels
+            pixels = bundle / serving.DEEPSTREAM / f"model_{self.name}_pixels.onnx"
+            serving.with_normalisation(bundle / onnx_rel, pixels, prep)
+            pixels = stored_once(pixels, pixels.parent.glob("model_*_pixels.onnx"))  # one per distinct model
+            written.append(pixels)
+            onnx_rel = str(pixels.relative_to(bundle))
         notes = []
         if prep.crop_ratio < 1.0:
             notes.append(f"The bundle centre-crops (resize the shorter side to {prep.resize_side} px, crop "
@@ -211,7 +222,8 @@ class TrtTargetBase(Target):
         network_mode = {"int8": 1, "fp16": 2}.get(cfg.precision, 0)
         written += serving.nvinfer_config(
             bundle, self.name, prep=prep, num_classes=num_classes, onnx_file=f"../{onnx_rel}",
-            network_mode=network_mode, calib_file=f"../{self.name}/{cfg.calibration_cache}" if mode == "implicit"
+            network_mode=network_mode,
+            calib_file="../" + os.path.normpath(f"{self.name}/{cfg.calibration_cache}") if mode == "implicit"
             else "", exact=exact, scale=scale, offsets=offsets, input_name=cfg.input_name,
             notes=[*notes, *dla])
         return written

@@ -205,15 +205,20 @@ def test_options_parse_without_flags_and_ignore_other_targets_flags(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_artifacts_lie_in_the_target_folder_fp32_first(name, compiled):
+def test_writes_only_its_folder_artifacts_there_or_the_shared_onnx_fp32_first(name, compiled):
+    """Every file a target writes lies under <bundle>/<name>/; an artifact may also name the bundle's shared
+    model_fp32.onnx (the export stage's), so the same model is not stored twice."""
     bundle, artifacts = compiled(name)
     assert artifacts, f"{name} compiled nothing"
     folder = (bundle / name).resolve()
+    shared = (bundle / bundle_io.MODEL_ONNX).resolve()
+    written = [p for p in bundle.rglob("*") if p.is_file() and p.resolve() != shared]
+    assert all(folder in p.resolve().parents for p in written), [str(p) for p in written]
     for a in artifacts:
         assert a.target == name and a.precision in PRECISIONS, a
         for rel in (a.path, *a.files):
             path = (bundle / rel).resolve()
-            assert folder in path.parents, f"{rel} is not under {name}/"
+            assert folder in path.parents or path == shared, f"{rel} is not under {name}/ nor {bundle_io.MODEL_ONNX}"
             assert path.is_file(), f"{rel} was not written"
     order = [PRECISIONS.index(a.precision) for a in artifacts]
     assert order == sorted(order), [a.precision for a in artifacts]
