@@ -3,8 +3,8 @@
 TensorRT is the strict stand-in of tests/targets/strict_trt.py for one release; its "engine" runs the
 bundle's Q/DQ ONNX under ONNX Runtime (the [device] extra), and ONNX Runtime also reads the model's
 input and output names in place of the stand-in's onnx parser (onnx is not a device dependency). The
-CUDA runtime is host memory behind cuda-python's ``cuda.bindings.runtime`` names. Nothing of
-resnet-deploy is patched: the product code runs as installed.
+CUDA runtime is tests/fixtures/host_cudart.c, found through LD_LIBRARY_PATH as the real libcudart.so
+would be. Nothing of resnet-deploy is patched: the product code runs as installed.
 
     python _py38_tensorrt_run.py BUNDLE STRICT_TRT_DIR TRT_VERSION REPORT_JSON
 
@@ -12,42 +12,12 @@ Besides bench's REPORT_JSON it writes REPORT_JSON.expected.json: the top-1 of th
 directly under this ONNX Runtime on the bundle's images, which the engine's figure must equal.
 """
 
-import ctypes
 import json
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-
-
-def _cuda_runtime() -> types.ModuleType:
-    rt = types.ModuleType("cuda.bindings.runtime")
-    rt.cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
-    buffers = {}
-
-    def malloc(size):
-        buf = ctypes.create_string_buffer(size)
-        buffers[ctypes.addressof(buf)] = buf
-        return 0, ctypes.addressof(buf)
-
-    def memcpy(dst, src, size, kind, stream):
-        ctypes.memmove(dst, src, size)
-        return (0,)
-
-    rt.cudaGetDeviceCount = lambda: (0, 1)
-    rt.cudaGetDeviceProperties = lambda i: (0, types.SimpleNamespace(name=b"Xavier", major=7, minor=2))
-    rt.cudaStreamCreate = lambda: (0, 7)
-    rt.cudaMalloc = malloc
-    rt.cudaMemcpyAsync = memcpy
-    rt.cudaStreamSynchronize = lambda stream: (0,)
-    rt.cudaFree = lambda ptr: (0,)
-    rt.cudaStreamDestroy = lambda stream: (0,)
-    cuda, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
-    cuda.bindings, bindings.runtime = bindings, rt  # type: ignore[attr-defined]
-    sys.modules.update({"cuda": cuda, "cuda.bindings": bindings, "cuda.bindings.runtime": rt})
-    return rt
 
 
 def main(bundle: Path, strict_dir: Path, version: str, report: Path) -> int:
@@ -66,7 +36,6 @@ def main(bundle: Path, strict_dir: Path, version: str, report: Path) -> int:
 
     strict_trt._onnx_shapes = io_names
     sys.modules["tensorrt"] = strict_trt.make_tensorrt(version, compute=compute)
-    _cuda_runtime()
 
     from resnet_deploy.cli import main as cli
     from resnet_deploy.pipeline import bundle as bundle_io

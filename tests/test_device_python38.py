@@ -20,7 +20,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import pytest
 
@@ -63,10 +63,12 @@ def _locked() -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _run(command: list, *, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def _run(command: list, *, timeout: float = 600, cwd: Path | None = None,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run outside the checkout (``python -c`` puts the working folder first on sys.path: from the checkout
     it would import the source tree, not the installed wheel)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYENV_VERSION", "VIRTUAL_ENV")}
+    env = {**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYENV_VERSION", "VIRTUAL_ENV")},
+           **(env or {})}
     CACHE.mkdir(parents=True, exist_ok=True)
     return subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=timeout, env=env,
                           cwd=cwd or CACHE, check=False)
@@ -101,23 +103,22 @@ def _wheel_digests(wheel: Path) -> tuple[str, str]:
 
 
 def _venv(python: Path, wheel: Path, requirements: str) -> Path:
-    """A Python 3.8 venv with the wheel's [device] dependencies, reused while its requirements are unchanged."""
+    """A Python 3.8 venv holding the wheel's [device] dependencies (not resnet-deploy itself: each test session
+    installs its own build beside it), reused while the wheel's requirements are unchanged."""
     venv = CACHE / "py38-venv"
     stamp = venv / ".resnet-deploy-requirements"
     if not (stamp.is_file() and stamp.read_text() == requirements and (venv / "bin" / "python").is_file()):
         shutil.rmtree(venv, ignore_errors=True)
         _ok(_run([python, "-m", "venv", venv]))
-        got = _run([venv / "bin" / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    "--retries", "1", "--timeout", "30", f"{wheel}[device]"])
+        pip = [venv / "bin" / "python", "-m", "pip", "--disable-pip-version-check"]
+        got = _run([*pip, "install", "--quiet", "--retries", "1", "--timeout", "30", f"{wheel}[device]"])
         if got.returncode != 0:
             shutil.rmtree(venv, ignore_errors=True)
             tail = (got.stderr or got.stdout).strip().splitlines()[-3:]
             pytest.skip(f"the [device] dependencies for Python 3.8 could not be installed (no network?): "
                         f"{' / '.join(tail)}")
+        _ok(_run([*pip, "uninstall", "--quiet", "--yes", "resnet-deploy"]))
         stamp.write_text(requirements)
-    # This checkout's code, every time (the dependencies stay).
-    _ok(_run([venv / "bin" / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-              "--no-deps", "--force-reinstall", wheel]))
     return venv
 
 
@@ -133,20 +134,28 @@ def _bundle(contents: str, work: Path) -> Path:
     return bundle
 
 
+class Py38(NamedTuple):
+    python: Path  # the venv's Python 3.8
+    cli: Path  # this checkout's resnet-deploy script, run by it
+    env: dict[str, str]  # PYTHONPATH: where this checkout's wheel is installed
+    bundle: Path  # a fresh copy: bench and device-build write into it
+
+
 @pytest.fixture(scope="module")
-def py38(tmp_path_factory, fashion_mnist) -> tuple[Path, Path]:
-    """(the venv's resnet-deploy bin folder, the bundle), both current with this checkout."""
+def py38(tmp_path_factory, fashion_mnist) -> Py38:
     python = _python38()
     if python is None:
         pytest.skip("no Python 3.8 here (pyenv install 3.8.18, or set RESNET_DEPLOY_PY38=/path/to/python3.8)")
     work = tmp_path_factory.mktemp("py38")
     wheel = _build_wheel(work)
     requirements, contents = _wheel_digests(wheel)
-    with _locked():
+    with _locked():  # the cache is shared by pytest workers and by concurrent sessions
         venv = _venv(python, wheel, requirements)
-        bundle = _bundle(contents, work)
-    copy = shutil.copytree(bundle, work / "copy")  # bench and device-build write into the bundle
-    return venv / "bin", copy
+        bundle = shutil.copytree(_bundle(contents, work), work / "bundle-copy")
+    site = work / "site"  # this session's code, installed as pip installs it, the shared dependencies untouched
+    _ok(_run([venv / "bin" / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+              "--target", site, wheel]))
+    return Py38(venv / "bin" / "python", site / "bin" / "resnet-deploy", {"PYTHONPATH": str(site)}, bundle)
 
 
 def _report_row(bundle: Path, target: str, precision: str) -> dict:
@@ -155,51 +164,50 @@ def _report_row(bundle: Path, target: str, precision: str) -> dict:
 
 
 def test_device_commands_run_on_python38(py38, tmp_path):
-    bin_dir, bundle = py38
-    cli = bin_dir / "resnet-deploy"
-    assert _ok(_run([bin_dir / "python", "-c", "import sys; print(sys.version_info[:2])"])).strip() == "(3, 8)"
-    assert "device-build" in _ok(_run([cli, "--help"]))
-    assert "jetson" in _ok(_run([cli, "targets"]))
-    assert "xavier-nx" in _ok(_run([cli, "devices"]))
+    def run(*args) -> str:
+        return _ok(_run([py38.cli, *args], env=py38.env))
+
+    assert _ok(_run([py38.python, "-c", "import sys; print(sys.version_info[:2])"])).strip() == "(3, 8)"
+    assert "device-build" in run("--help")
+    assert "jetson" in run("targets")
+    assert "xavier-nx" in run("devices")
 
     image = tmp_path / "sample.png"
-    _ok(_run([bin_dir / "python", "-c", "import sys, numpy as np; from PIL import Image; "
+    _ok(_run([py38.python, "-c", "import sys, numpy as np; from PIL import Image; "
               "Image.fromarray(np.load(sys.argv[1])['pixels'][0].squeeze().astype('uint8')).save(sys.argv[2])",
-              bundle / "eval_sample.npz", image]))
-    answer = json.loads(_ok(_run([cli, "infer", "--json", bundle, image])))
+              py38.bundle / "eval_sample.npz", image]))
+    answer = json.loads(run("infer", "--json", py38.bundle, image))
     assert len(answer["results"]) == 1 and len(answer["results"][0]["top"]) == 5
 
     for precision in ("int8", "fp32"):
-        report = json.loads(_ok(_run([cli, "bench", bundle, "--runtime", "onnxruntime", "--precision", precision,
-                                      "--iterations", "5", "--seconds", "0", "--json", "--out", tmp_path / "r.json"])))
+        report = json.loads(run("bench", py38.bundle, "--runtime", "onnxruntime", "--precision", precision,
+                                "--iterations", "5", "--seconds", "0", "--json", "--out", tmp_path / "r.json"))
         acc = report["accuracy"]
         assert report["artifact"]["target"] == "onnxruntime" and acc["images"] == 200
         # The same images and model as the build measured (ONNX Runtime 1.19 here, the build's own there).
-        assert acc["top1"] == acc["build_top1_same_images"] == _report_row(bundle, "onnxruntime", precision)[
+        assert acc["top1"] == acc["build_top1_same_images"] == _report_row(py38.bundle, "onnxruntime", precision)[
             "sample_top1"], report
 
 
 def test_tensorrt_side_modules_import_on_python38(py38):
-    bin_dir, _ = py38
-    python = bin_dir / "python"
-    package = Path(_ok(_run([python, "-c", "import resnet_deploy, os; print(os.path.dirname(resnet_deploy.__file__))"]
-                            )).strip())
+    where = "import resnet_deploy, os; print(os.path.dirname(resnet_deploy.__file__))"
+    package = Path(_ok(_run([py38.python, "-c", where], env=py38.env)).strip())
+    assert package.parent == Path(py38.env["PYTHONPATH"]), package  # the wheel, not the checkout
     tensorrt_side = sorted("resnet_deploy.targets.tensorrt" + ("" if p.stem == "__init__" else f".{p.stem}")
                            for p in (package / "targets" / "tensorrt").glob("*.py"))
     modules = ["resnet_deploy.pipeline.device", "resnet_deploy.cli", *tensorrt_side]
     assert len(modules) > 8, modules
     failed = {}
     for m in modules:  # each in a fresh interpreter, so no module is imported by another's success
-        got = _run([python, "-c", f"import {m}"])
+        got = _run([py38.python, "-c", f"import {m}"], env=py38.env)
         if got.returncode != 0:
             failed[m] = got.stderr.strip().splitlines()[-1]
     assert not failed, failed
 
 
 def test_build_side_says_it_needs_python310(py38, tmp_path):
-    bin_dir, _ = py38
     for command in ("build", "train"):
-        got = _run([bin_dir / "resnet-deploy", command, "--out", tmp_path / command])
+        got = _run([py38.cli, command, "--out", tmp_path / command], env=py38.env)
         assert got.returncode == 2, (got.stdout, got.stderr)
         assert f"resnet-deploy {command} needs Python 3.10 or newer (this is 3.8." in got.stderr
         assert "Traceback" not in got.stderr and not (tmp_path / command).exists()
@@ -207,12 +215,24 @@ def test_build_side_says_it_needs_python310(py38, tmp_path):
 
 def test_engine_built_and_run_through_tensorrt_8_5_on_python38(py38, tmp_path):
     """JetPack 5.1: Python 3.8 with TensorRT 8.5.2 (the strict stand-in; see tests/_py38_tensorrt_run.py)."""
-    bin_dir, bundle = py38
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler for the stand-in libcudart.so (tests/fixtures/host_cudart.c)")
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    _ok(_run([compiler, "-shared", "-fPIC", "-o", lib / "libcudart.so", ROOT / "tests" / "fixtures" / "host_cudart.c"]))
+    # Under every name the product may ask dlopen for (LD_LIBRARY_PATH comes before the system's), including
+    # the soname ldconfig knows here: a CUDA toolkit without a GPU would answer "insufficient driver".
+    known = _ok(_run([py38.python, "-c", "import ctypes.util; print(ctypes.util.find_library('cudart') or '')"]))
+    names = {"libcudart.so.12", "libcudart.so.11.0", "libcudart.so.10.2", Path(known.strip()).name}
+    for soname in names - {"", "libcudart.so"}:
+        (lib / soname).symlink_to("libcudart.so")
     report = tmp_path / "device_report.json"
-    _ok(_run([bin_dir / "python", ROOT / "tests" / "_py38_tensorrt_run.py", bundle, ROOT / "tests" / "targets",
-              TRT_VERSION, report]))
+    _ok(_run([py38.python, ROOT / "tests" / "_py38_tensorrt_run.py", py38.bundle, ROOT / "tests" / "targets",
+              TRT_VERSION, report], env={**py38.env, "LD_LIBRARY_PATH": str(lib)}))
     got = json.loads(report.read_text())
     assert got["artifact"]["runtime"] == "tensorrt" and got["runner"].startswith(f"TensorRT {TRT_VERSION}")
+    assert "host-memory stand-in" in got["runner"]  # the GPU name came from the stand-in libcudart.so
     assert got["artifact"]["details"]["engine_key"]["tensorrt"] == TRT_VERSION
     assert [r["batch"] for r in got["latency"]] == [1, 8]
     # The stand-in's engine runs the Q/DQ graph: what reached it, in chunks of the engine's batch range, and
