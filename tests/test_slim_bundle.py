@@ -17,7 +17,8 @@ from resnet_deploy.cli import main
 from resnet_deploy.pipeline import device
 from resnet_deploy.targets import expand, get_target
 
-pytestmark = [pytest.mark.cifar, pytest.mark.openvino]
+# A --target all resnet18 build on real CIFAR-10 images (about a minute on 2 cores): a slow real-data check.
+pytestmark = [pytest.mark.slow, pytest.mark.cifar, pytest.mark.openvino]
 
 TINY = 1024  # labels, fill.sh: the same small file in several folders is not worth a link
 MODEL_SUFFIXES = (".onnx", ".xml", ".bin")
