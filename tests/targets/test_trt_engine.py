@@ -541,3 +541,21 @@ def test_device_check_script_explains_what_is_missing(compiled):
     script = Path(__file__).resolve().parents[2] / "scripts" / "device_check.py"
     done = subprocess.run([sys.executable, str(script), str(bundle)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "TensorRT is not installed" in done.stderr
+
+
+@pytest.mark.parametrize("version", ["8.2.1", "8.5.2", "8.6.1", "10.3.0", "11.1"])
+def test_device_build_and_runner_on_every_release(compiled, fake_gpu, monkeypatch, version):
+    """`device-build` then the runner, on the strict stand-in of each release the profiles and pip reach."""
+    from resnet_deploy.targets.tensorrt import runner as _trt_runner
+
+    bundle, _ = compiled("jetson", device="agx-orin")
+    log = fake_gpu(version)
+    path = device_build(bundle)
+    assert path.is_file() and len(_builds(log)) == 1
+    cuda = HostCuda()
+    monkeypatch.setattr(_trt_runner, "cuda_runtime", lambda: cuda)
+    runner = TrtRunner(path)
+    out = runner.run(np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32))
+    runner.close()
+    assert out.shape == (3, 10) and np.isfinite(out).all()
+    assert not cuda.streams and len(cuda.freed) == 2  # every buffer and stream given back
