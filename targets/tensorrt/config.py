@@ -101,7 +101,9 @@ class TrtOptions:
                                   "has no DLA; leave --dla-core out, or pick agx-orin, orin-nx-8gb, orin-nx-16gb "
                                   "or a Xavier.")
             if not 0 <= self.dla_core < cores:
-                raise ConfigError(f"--dla-core must be 0..{cores - 1} on {self.profile.gpu}, got {self.dla_core}.")
+                raise ConfigError(f"--dla-core {self.dla_core}: {self.profile.gpu} (--device {self.profile.name}) has "
+                                  f"{cores} DLA core{'s' if cores != 1 else ''}, so --dla-core must be "
+                                  f"{'0' if cores == 1 else f'0..{cores - 1}'}.")
 
     @classmethod
     def from_flags(cls, flags: Any, preset: TrtPreset) -> TrtOptions:
