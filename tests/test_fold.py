@@ -159,3 +159,24 @@ def test_batchnorm_without_a_preceding_conv_is_refused():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4))
     with pytest.raises(VerificationError, match="not preceded by a convolution"):
         fold_batchnorm(model)
+
+
+def test_constant_folding_leaves_what_it_cannot_evaluate():
+    """A node the reference evaluator cannot run stays in the graph instead of failing the export."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from resnet_deploy.pipeline.onnx_fold import fold_constants
+
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["c"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [2.0])),
+         helper.make_node("Mul", ["c", "c"], ["c2"]),  # foldable
+         helper.make_node("NoSuchOp", ["c"], ["u"]),  # constant inputs, but nothing can evaluate it
+         helper.make_node("Add", ["x", "c2"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1]),
+         helper.make_tensor_value_info("u", TensorProto.FLOAT, [1])])
+    folded, removed = fold_constants(helper.make_model(graph))
+    assert removed == 2 and [n.op_type for n in folded.graph.node] == ["NoSuchOp", "Add"]
+    values = {t.name: onnx.numpy_helper.to_array(t).tolist() for t in folded.graph.initializer}
+    assert values == {"c": [2.0], "c2": [4.0]}  # c2 evaluated once; c kept for the node left in place
