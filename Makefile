@@ -28,7 +28,7 @@ data:
 
 demo: install data
 	$(VENV)/bin/resnet-deploy build --target openvino --target onnxruntime --out build/demo
-	@echo "report: build/demo/report.md (report.json for programs)"
+	@echo "report: build/demo/report.html (build/demo/report.md for terminals, report.json for programs)"
 
 # ruff and mypy, pinned in pyproject.toml's [test] extra and configured there; CI runs this before the tests.
 lint: install

@@ -137,7 +137,7 @@ def _size(ctx, param, value):
         raise click.BadParameter(str(err)) from None
 
 
-@main.command()
+@main.command(short_help="Train a ResNet.")
 @click.option("--arch", default="resnet20", show_default=True, help="Architecture (see `resnet-deploy archs`).")
 @click.option("--data", default="fashion-mnist", show_default=True,
               help="Training images: fashion-mnist, an ImageFolder, a folder with train/ and test/, or IDX files.")
@@ -175,7 +175,7 @@ def train(ui: Ui, arch, data, test_data, epochs, batch_size, lr, momentum, weigh
                                "test_top1": result.test_top1, "epochs": len(result.history)}))
 
 
-@main.command()
+@main.command(short_help="List the architectures and their parameter counts.")
 def archs() -> None:
     """List the architectures."""
     _require_build_side("archs")
@@ -212,7 +212,7 @@ def _target_help() -> str:
     return f"{', '.join(names)}, or all. Repeat for several."
 
 
-@main.command()
+@main.command(short_help="Build a validated INT8 bundle from a model.")
 @click.option("--target", "targets", multiple=True, default=lambda: (_default_target(),),
               show_default=_default_target(), help=_target_help())
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
@@ -317,13 +317,14 @@ _precision_opt = click.option("--precision", type=click.Choice(["int8", "fp16", 
                               help="Model precision to use (default: INT8 where the bundle has it).")
 
 
-@main.command()
+@main.command(short_help="Classify images with a bundle.")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top", type=click.IntRange(1, 100), default=5, show_default=True)
 @_runtime_opt
 @_precision_opt
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@quiet_option
 @pass_ui
 def infer(ui: Ui, bundle, images, top, runtime, precision, as_json) -> None:
     """Classify IMAGES with a bundle: top classes and probabilities (no PyTorch needed)."""
@@ -349,7 +350,7 @@ def infer(ui: Ui, bundle, images, top, runtime, precision, as_json) -> None:
                         + " ".join(r["error"] for r in failed[:5]) + (" ..." if len(failed) > 5 else ""))
 
 
-@main.command()
+@main.command(short_help="Time a bundle on this machine and check its accuracy.")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @_runtime_opt
 @_precision_opt
@@ -413,7 +414,7 @@ def bench(ui: Ui, bundle, runtime, precision, batches, threads, hint, warmup, it
         click.echo(f"{label}top-1 on {acc['images']} bundled images: {acc['top1'] * 100:.2f}%{ref}")
 
 
-@main.command()
+@main.command(short_help="List the targets: builds here? runtime present?")
 def targets() -> None:
     """List the deployment targets: can they build here, and are their runtimes present."""
     from resnet_deploy.targets import broken, get_target, list_targets
@@ -430,7 +431,7 @@ def targets() -> None:
         click.echo(f"{name:{width}s}  BROKEN plug-in, not loaded: {why}")
 
 
-@main.command("device-build")
+@main.command("device-build", short_help="Build the device's engine for a bundle (on the device).")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @_target_flags("device_options")
 @click.option("--force", is_flag=True, help="Rebuild even when a valid cached result exists.")
@@ -448,7 +449,7 @@ def device_build(ui: Ui, bundle, force, cache_dir, **device_flags) -> None:
     click.echo(f"run `resnet-deploy bench {bundle}` to measure it")
 
 
-@main.command()
+@main.command(short_help="List the device profiles (--device).")
 def devices() -> None:
     """List the device profiles of the targets that have them (--device)."""
     from resnet_deploy.targets import get_target, list_targets

@@ -234,3 +234,16 @@ def test_num_classes_that_does_not_fit_the_embedded_model(out):
 def test_bench_refuses_zero_iterations(tmp_path):
     result = run("bench", str(tmp_path), "--iterations", "0")
     assert result.exit_code == 2 and "--iterations" in result.output and "Traceback" not in result.output
+
+
+def test_command_summaries_fit_the_help_listing():
+    """`resnet-deploy --help` shows every command's summary whole, never cut with '...'."""
+    result = run("--help")
+    commands = result.output.split("Commands:")[1]
+    assert result.exit_code == 0 and "..." not in commands
+    assert all(name in commands for name in ("build", "infer", "bench", "device-build", "devices", "targets"))
+
+
+def test_infer_takes_quiet_like_the_other_commands(tmp_path):
+    result = run("infer", str(tmp_path), "x.png", "-q")
+    assert result.exit_code == 2 and "No such option" not in result.output
