@@ -158,7 +158,8 @@ def device_build(bundle: Path, options: Mapping[str, Any], *, force: bool = Fals
     """
     with out_lock.hold(bundle, flag="BUNDLE", what="device-build"):
         b = open_bundle(bundle, device_records=False)
-        names = [n for n in dict.fromkeys(a.target for a in b.artifacts) if n in list_targets()]
+        installed = set(list_targets())
+        names = [n for n in dict.fromkeys(a.target for a in b.artifacts) if n in installed]
         steps = [t for t in (get_target(n) for n in names) if t.has_device_build(bundle)]
         if not steps:
             raise ConfigError(f"{bundle} has nothing to build on a device: its targets ({', '.join(names)}) have no "

@@ -307,11 +307,12 @@ def _batches(ctx, param, value):
 def _runtime_names() -> list[str]:
     from resnet_deploy.targets import runtimes
 
-    return sorted(runtimes(), key=lambda n: -runtimes()[n].preference)
+    known = runtimes()
+    return sorted(known, key=lambda n: -known[n].preference)
 
 
 _runtime_opt = click.option("--runtime", type=click.Choice(_runtime_names()), default=None,
-                            help="Runtime to use (default: the most preferred one present: "
+                            help="Runtime to use (default: the most preferred one present, in this order: "
                                  f"{', '.join(_runtime_names())}).")
 _precision_opt = click.option("--precision", type=click.Choice(["int8", "fp16", "fp32"]), default=None,
                               help="Model precision to use (default: INT8 where the bundle has it).")

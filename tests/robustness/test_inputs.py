@@ -242,13 +242,18 @@ def test_fifo_named_jpg_does_not_hang(tmp_path):
     assert "regular file" in str(done[0].value)
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory, fashion_mnist) -> Path:
-    out = tmp_path_factory.mktemp("inputs") / "b"
-    result = CliRunner().invoke(main, ["build", "--target", "onnxruntime", "--eval-samples", "200",
+def _small_bundle(tmp_path_factory, target: str) -> Path:
+    """The embedded model built for one target on 200 evaluation and 32 calibration images."""
+    out = tmp_path_factory.mktemp(target) / "b"
+    result = CliRunner().invoke(main, ["build", "--target", target, "--eval-samples", "200",
                                        "--calib-samples", "32", "--out", str(out), "-q"])
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, fashion_mnist) -> Path:
+    return _small_bundle(tmp_path_factory, "onnxruntime")
 
 
 def test_infer_answers_the_good_images_and_names_the_bad(bundle, tmp_path):
@@ -273,11 +278,7 @@ def test_infer_answers_the_good_images_and_names_the_bad(bundle, tmp_path):
 
 @pytest.fixture(scope="module")
 def jetson_bundle(tmp_path_factory, fashion_mnist) -> Path:
-    out = tmp_path_factory.mktemp("jetson") / "b"
-    result = CliRunner().invoke(main, ["build", "--target", "jetson", "--eval-samples", "200",
-                                       "--calib-samples", "32", "--out", str(out), "-q"])
-    assert result.exit_code == 0, result.output
-    return out
+    return _small_bundle(tmp_path_factory, "jetson")
 
 
 def test_bench_refuses_to_time_a_simulation_as_the_device(jetson_bundle):
