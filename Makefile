@@ -9,7 +9,7 @@ CONSTRAINTS ?= constraints-ci.txt
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: install data demo lint test test-slow bench device-check device-setup clean
+.PHONY: install data demo lint test test-slow bench train-cifar device-check device-setup clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,14 @@ BENCH_ARGS ?=
 bench: install data
 	$(PY) benchmarks/bench_cpu.py --out build/bench/bench_cpu $(BENCH_ARGS)
 	@echo "tables: build/bench/bench_cpu.md (bench_cpu.json for programs)"
+
+# A CIFAR-10 ResNet (the paper's CIFAR family) on ../shared/datasets/cifar10, for the accuracy checks that want
+# more than the embedded model: make train-cifar CIFAR_ARCH=resnet56 (about an hour on 2 cores; not committed).
+CIFAR_DIR ?= ../shared/datasets/cifar10
+CIFAR_ARCH ?= resnet20
+CIFAR_EPOCHS ?= 20
+train-cifar: install
+	$(VENV)/bin/resnet-deploy train --arch $(CIFAR_ARCH) --data $(CIFAR_DIR) --epochs $(CIFAR_EPOCHS) --out runs/cifar-$(CIFAR_ARCH)
 
 clean:
 	rm -rf build .pytest_cache

@@ -15,6 +15,8 @@ from resnet_deploy.ranges import SEED_MAX, THREADS_MAX, check_float, check_int
 # Shipped inside the package: a resnet20 trained with `resnet-deploy train` on Fashion-MNIST (see README).
 MAX_IMAGES = 10_000_000  # more than ImageNet-21k's 14M would take days here; a typo guard, not a policy
 MAX_CLASSES = 100_000
+MAX_FLOAT_LAYERS = 10_000
+FALLBACK_MODES = ("auto", "off")
 EMBEDDED_MODEL = Path(str(files("resnet_deploy") / "assets" / "fmnist_resnet20.safetensors"))
 
 
@@ -35,6 +37,9 @@ class BuildSettings:
     eval_data: str | None = None
     eval_samples: int | None = None
     max_drop: float = 1.0
+    min_agreement: float = 0.98  # share of evaluation images whose INT8 prediction equals FP32's
+    fallback: str = "auto"  # auto: keep the most sensitive layers in float until the gate holds; off: never
+    max_float_layers: int = 8
     seed: int = 0
     threads: int | None = None
     latency: LatencySettings = field(default_factory=LatencySettings)
@@ -50,6 +55,10 @@ class BuildSettings:
         check_int(self.calib_samples, "--calib-samples", lo=1, hi=MAX_IMAGES)
         check_int(self.eval_samples, "--eval-samples", lo=1, hi=MAX_IMAGES, optional=True)
         check_float(self.max_drop, "--max-drop (points of top-1)", lo=0.0, hi=100.0)
+        check_float(self.min_agreement, "--min-agreement (share of images, 0 to 1)", lo=0.0, hi=1.0)
+        if self.fallback not in FALLBACK_MODES:
+            raise ConfigError(f"--fallback must be one of {', '.join(FALLBACK_MODES)}, got {self.fallback!r}.")
+        check_int(self.max_float_layers, "--max-float-layers", lo=0, hi=MAX_FLOAT_LAYERS)
         check_int(self.num_classes, "--num-classes", lo=1, hi=MAX_CLASSES, optional=True)
         check_int(self.seed, "--seed", lo=0, hi=SEED_MAX)
         check_int(self.threads, "--threads", lo=1, hi=THREADS_MAX, optional=True)
@@ -72,6 +81,8 @@ class BuildSettings:
             "input_size": list(self.input_size) if self.input_size else None,
             "mean": list(self.mean) if self.mean else None, "std": list(self.std) if self.std else None,
             "calib_data": self.calib_data, "calib_samples": self.calib_samples, "eval_data": self.eval_data,
-            "eval_samples": self.eval_samples, "max_drop": self.max_drop, "seed": self.seed, "threads": self.threads,
+            "eval_samples": self.eval_samples, "max_drop": self.max_drop,
+            "min_agreement": self.min_agreement, "fallback": self.fallback, "max_float_layers": self.max_float_layers,
+            "seed": self.seed, "threads": self.threads,
             "target_options": self.target_options,
         }

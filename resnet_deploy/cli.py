@@ -230,6 +230,13 @@ def _target_help() -> str:
 @click.option("--eval-samples", type=int, default=None, help="Evaluation images (default: all).")
 @click.option("--max-drop", type=float, default=1.0, show_default=True,
               help="Most top-1 points an INT8 row may lose against PyTorch FP32 before the build fails.")
+@click.option("--min-agreement", type=float, default=0.98, show_default=True,
+              help="Least share of images on which an INT8 row must predict what PyTorch FP32 predicts.")
+@click.option("--fallback", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
+              help="auto: keep the layers INT8 hurts most in float until the gate holds on held-out "
+                   "calibration images; off: all INT8.")
+@click.option("--max-float-layers", type=int, default=8, show_default=True,
+              help="Most layers --fallback auto may keep in float.")
 @_target_flags("options")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for choosing calibration/evaluation images.")
 @click.option("--threads", type=int, default=None, help="Runtime threads for validation and latency.")
@@ -241,7 +248,8 @@ def _target_help() -> str:
 @quiet_option
 @pass_ui
 def build(ui: Ui, targets, checkpoint, arch, num_classes, input_size, mean, std, calib_data, calib_samples,
-          eval_data, eval_samples, max_drop, seed, threads, out, force, as_json, **target_flags) -> None:
+          eval_data, eval_samples, max_drop, min_agreement, fallback, max_float_layers, seed, threads, out, force,
+          as_json, **target_flags) -> None:
     """Load or train, fold BN, export ONNX, quantize to INT8, compile per target, validate, write a bundle."""
     _require_build_side("build")
     from resnet_deploy.pipeline.build import build as run_build
@@ -253,7 +261,8 @@ def build(ui: Ui, targets, checkpoint, arch, num_classes, input_size, mean, std,
     settings = BuildSettings(
         targets=tuple(targets), out=out, checkpoint=checkpoint, arch=arch, num_classes=num_classes,
         input_size=input_size, mean=mean, std=std, calib_data=calib_data, calib_samples=calib_samples,
-        eval_data=eval_data, eval_samples=eval_samples, max_drop=max_drop, seed=seed, threads=threads,
+        eval_data=eval_data, eval_samples=eval_samples, max_drop=max_drop, min_agreement=min_agreement,
+        fallback=fallback, max_float_layers=max_float_layers, seed=seed, threads=threads,
         target_options=options, force=force,
     )
     _quiet_libraries(ui)
