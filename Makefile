@@ -9,7 +9,7 @@ CONSTRAINTS ?= constraints-ci.txt
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: install data demo lint test test-slow bench train-cifar device-check device-setup clean
+.PHONY: install data demo lint test test-slow bench bench-scale train-cifar device-check device-setup clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,15 @@ BENCH_ARGS ?=
 bench: install data
 	$(PY) benchmarks/bench_cpu.py --out build/bench/bench_cpu $(BENCH_ARGS)
 	@echo "tables: build/bench/bench_cpu.md (bench_cpu.json for programs)"
+
+# ImageNet-scale validation (issue 12): a synthetic set of SCALE_TEST/SCALE_TRAIN JPEGs made from ../shared/datasets/cifar10
+# (cached under build/bench-scale/), a resnet18 224x224 build on it with the peak RSS of its process tree and images/s
+# per stage, then `bench --hint throughput` against OpenVINO's benchmark_app on the same IR. ~30 min at 20,000 on 2 cores.
+SCALE_TEST ?= 20000
+SCALE_TRAIN ?= 500
+SCALE_ARGS ?=
+bench-scale: install
+	$(PY) benchmarks/bench_scale.py --test $(SCALE_TEST) --train $(SCALE_TRAIN) $(SCALE_ARGS)
 
 # A CIFAR-10 ResNet (the paper's CIFAR family) on ../shared/datasets/cifar10, for the accuracy checks that want
 # more than the embedded model: make train-cifar CIFAR_ARCH=resnet56 (about an hour on 2 cores; not committed).

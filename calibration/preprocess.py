@@ -25,11 +25,18 @@ MAX_INPUT_SIZE = 4096
 STD_RANGE = (1e-3, 10.0)  # on [0, 1] pixels; 1e-30 would turn every input into inf
 # How each field is named in messages by default: the build flag that sets it.
 FLAGS = {"input_size": "--input-size", "channels": "input channels", "mean": "--mean", "std": "--std",
-         "crop_ratio": "crop ratio"}
+         "crop_ratio": "crop ratio", "resize": "--resize", "crop": "--crop", "interpolation": "--interpolation",
+         "channel_order": "--channel-order"}
+# Pillow's filters; all but nearest antialias when they shrink, as torchvision's antialias=True does.
+INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+                  "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+CROPS = ("center", "none")  # center: shorter side to ``resize_side``, then the middle; none: stretch to the size
+CHANNEL_ORDERS = ("RGB", "BGR")
 
 
 def check_values(input_size: tuple[int, int], channels: int, mean: tuple[float, ...], std: tuple[float, ...],
-                 crop_ratio: float, *, names: dict[str, str] | None = None) -> None:
+                 crop_ratio: float, *, resize: int | None = None, crop: str = "none", interpolation: str = "bilinear",
+                 channel_order: str = "RGB", names: dict[str, str] | None = None) -> None:
     """Range-check a preprocessing record. ``names`` says where each field came from (a flag, or a
     checkpoint's metadata), so the message blames the right place."""
     name = {**FLAGS, **(names or {})}
@@ -58,14 +65,25 @@ def check_values(input_size: tuple[int, int], channels: int, mean: tuple[float, 
                           f"ImageNet's red), got {tuple(std)}.")
     if not (math.isfinite(crop_ratio) and 0.1 <= crop_ratio <= 1.0):
         raise ConfigError(f"{name['crop_ratio']} must lie in [0.1, 1], got {crop_ratio}.")
+    if resize is not None and not max(h, w) <= resize <= 2 * MAX_INPUT_SIZE:
+        raise ConfigError(f"{name['resize']} {resize} is the shorter side before the centre crop: give at least the "
+                          f"input size ({max(h, w)}) and at most {2 * MAX_INPUT_SIZE} pixels, or a crop ratio such as "
+                          "0.875.")
+    for key, value, allowed in (("crop", crop, CROPS), ("interpolation", interpolation, tuple(INTERPOLATIONS)),
+                                ("channel_order", channel_order, CHANNEL_ORDERS)):
+        if value not in allowed:
+            raise ConfigError(f"{name[key]} must be one of {', '.join(allowed)}, got {value!r}.")
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Input size (H, W), channels, mean/std on [0, 1] pixels, resize policy and class names.
+    """Input size (H, W), channels, mean/std on [0, 1] pixels, resize policy, channel order and class names.
 
-    ``crop_ratio`` < 1 means "resize the shorter side to size/crop_ratio, then centre-crop", the
-    ImageNet evaluation recipe (224 from 256 is 0.875); 1.0 resizes straight to the input size.
+    ``crop`` "center" resizes the shorter side to ``resize`` pixels (or size/``crop_ratio``: 224 from 256 is
+    0.875), then keeps the middle, as torchvision's ``Resize(int)`` + ``CenterCrop`` and timm's ``crop_pct``;
+    "none" stretches the image to the input size. Left empty, it is "center" when a resize or a ratio
+    below 1 asks for a crop. ``channel_order`` "BGR" reverses the channels after decoding (Caffe-style
+    models); ``mean``/``std`` are in the model's order.
     """
 
     input_size: tuple[int, int]
@@ -75,9 +93,15 @@ class Preprocessing:
     crop_ratio: float = 1.0
     channel_order: str = "RGB"
     class_names: tuple[str, ...] = field(default_factory=tuple)
+    resize: int | None = None
+    crop: str = ""
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
-        check_values(self.input_size, self.channels, self.mean, self.std, self.crop_ratio)
+        if not self.crop:
+            object.__setattr__(self, "crop", "center" if self.resize or self.crop_ratio < 1.0 else "none")
+        check_values(self.input_size, self.channels, self.mean, self.std, self.crop_ratio, resize=self.resize,
+                     crop=self.crop, interpolation=self.interpolation, channel_order=self.channel_order)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -85,8 +109,15 @@ class Preprocessing:
 
     @property
     def resize_side(self) -> int:
-        """The shorter side an image needs before the final resize/crop (for reduced decoding)."""
-        return math.ceil(max(self.input_size) / self.crop_ratio)
+        """The shorter side before the centre crop: ``resize``, else size/``crop_ratio`` rounded down (timm)."""
+        return self.resize or math.floor(max(self.input_size) / self.crop_ratio + 1e-6)
+
+    def unchanged(self, shape: tuple[int, ...]) -> bool:
+        """Whether a uint8 image of ``shape`` (H, W) or (H, W, C) is already the model's input, pixel for pixel."""
+        channels = shape[2] if len(shape) == 3 else 1
+        same = tuple(shape[:2]) == self.input_size and channels == self.channels
+        centred = self.crop == "center" and self.resize_side != max(self.input_size)
+        return same and not centred and (self.channels == 1 or self.channel_order == "RGB")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -136,33 +167,48 @@ class Preprocessing:
                 raise TypeError
             return tuple(v)
 
-        values = dict(
+        def text(v: Any) -> str:
+            if not isinstance(v, str):
+                raise TypeError
+            return v
+
+        values: dict[str, Any] = dict(
             input_size=field_of("input_size", size), channels=field_of("channels", integer, 3),
             mean=field_of("mean", numbers), std=field_of("std", numbers),
             crop_ratio=field_of("crop_ratio", lambda v: float(numbers([v])[0]), 1.0),
         )
-        check_values(**values, names={k: f"{origin}.{k}" for k in values})
-        return cls(**values, channel_order=field_of("channel_order", str, "RGB"),
-                   class_names=field_of("class_names", names, ()))
+        policy = dict(resize=field_of("resize", integer) if d.get("resize") is not None else None,
+                      crop=field_of("crop", text, ""), interpolation=field_of("interpolation", text, "bilinear"),
+                      channel_order=field_of("channel_order", text, "RGB"))
+        if not policy["crop"]:  # a record written before the field: what the ratio meant then
+            policy["crop"] = "center" if policy["resize"] or values["crop_ratio"] < 1.0 else "none"
+        check_values(**values, **policy, names={k: f"{origin}.{k}" for k in [*values, *policy]})
+        return cls(**values, **policy, class_names=field_of("class_names", names, ()))
 
     # --- applying it -------------------------------------------------------------------------
 
     def to_uint8(self, image: Image.Image | np.ndarray) -> np.ndarray:
-        """Resize/crop and convert channels: uint8 array (H, W, C) ready to normalise."""
+        """Resize/crop and convert channels: uint8 array (H, W, C) in the model's channel order, ready to
+        normalise. The centre crop computes sizes and offsets as torchvision's ``Resize(int)`` and
+        ``CenterCrop`` do, so on a PIL image the ImageNet preset gives torchvision's pixels."""
         img = to_pil(image)
         img = img.convert("L" if self.channels == 1 else "RGB")
         h, w = self.input_size
-        if img.size != (w, h):
-            if self.crop_ratio < 1.0:
-                scale = max(h, w) / self.crop_ratio / min(img.size)
-                new = (max(w, round(img.size[0] * scale)), max(h, round(img.size[1] * scale)))
-                img = img.resize(new, Image.Resampling.BILINEAR)
-                left, top = (img.size[0] - w) // 2, (img.size[1] - h) // 2
-                img = img.crop((left, top, left + w, top + h))
-            else:
-                img = img.resize((w, h), Image.Resampling.BILINEAR)
+        resample = INTERPOLATIONS[self.interpolation]
+        if self.crop == "center":
+            short, (iw, ih) = self.resize_side, img.size
+            new = (short, int(short * ih / iw)) if iw <= ih else (int(short * iw / ih), short)
+            new = (max(new[0], w), max(new[1], h))  # a crop wider than the resized image grows it (no padding)
+            if new != img.size:
+                img = img.resize(new, resample)
+            left, top = round((new[0] - w) / 2.0), round((new[1] - h) / 2.0)  # torchvision's rounding
+            img = img.crop((left, top, left + w, top + h))
+        elif img.size != (w, h):
+            img = img.resize((w, h), resample)
         arr = np.asarray(img, dtype=np.uint8)
-        return arr[:, :, None] if arr.ndim == 2 else arr
+        if arr.ndim == 2:
+            return arr[:, :, None]
+        return np.ascontiguousarray(arr[:, :, ::-1]) if self.channel_order == "BGR" else arr
 
     def normalize(self, batch_hwc: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, C) or (H, W, C) -> float32 NCHW/CHW, (x/255 - mean) / std."""
@@ -175,6 +221,14 @@ class Preprocessing:
     def __call__(self, image: Image.Image | np.ndarray) -> np.ndarray:
         """One image (any size, mode or channel count) -> float32 (C, H, W)."""
         return self.normalize(self.to_uint8(image))
+
+
+def imagenet_preset(size: int = 224, *, class_names: tuple[str, ...] = ()) -> Preprocessing:
+    """The ImageNet evaluation recipe of torchvision's weights (``ImageClassification``) and timm's default
+    ``crop_pct``: shorter side to size/0.875 (256 for 224) with bilinear antialiasing, centre crop, ImageNet
+    mean/std, RGB. tests/test_imagenet_preset.py checks it against torchvision's own output."""
+    return Preprocessing((size, size), 3, IMAGENET_MEAN, IMAGENET_STD, crop_ratio=0.875, crop="center",
+                         interpolation="bilinear", class_names=class_names)
 
 
 def to_pil(image: Image.Image | np.ndarray) -> Image.Image:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -55,13 +55,15 @@ class QdqResult:
     calibration_images: int
     calibration_agreement: float | None  # top-1 agreement with FP32 on (up to 300) calibration images
     candidates: dict[str, float] | None = None  # rule -> agreement, when "auto" chose among them
+    float_layers: tuple[str, ...] = ()  # ONNX node names left without Q/DQ
 
     def to_dict(self) -> dict:
         return {"format": "QDQ (explicit quantization)", "activations": "int8 symmetric per-tensor",
                 "weights": "int8 symmetric per-channel", "amax_method": self.method,
                 "quantized_activations": len(self.activations), "quantized_weights": len(self.weights),
                 "calibration_images": self.calibration_images, "calibration_agreement": self.calibration_agreement,
-                **({"amax_candidates": self.candidates} if self.candidates else {})}
+                **({"amax_candidates": self.candidates} if self.candidates else {}),
+                **({"float_layers": list(self.float_layers)} if self.float_layers else {})}
 
 
 @dataclass(frozen=True)
@@ -74,11 +76,13 @@ class QdqPlan:
 
 
 def make_qdq_onnx(fp32_onnx: Path, out: Path, calibration: np.ndarray, *, session: SessionFactory,
-                  method: str = AUTO, amax: dict[str, float] | None = None) -> QdqResult:
+                  method: str = AUTO, amax: dict[str, float] | None = None,
+                  float_layers: Sequence[str] = ()) -> QdqResult:
     """Write the Q/DQ model of ``fp32_onnx`` to ``out``; activation ranges from ``calibration`` (float32 NCHW).
 
     ``method``: "auto" (every rule, the best agreement with FP32 on the calibration images wins), or one
     of max/percentile/entropy. ``amax`` skips calibration when the ranges are already known.
+    ``float_layers``: ONNX node names left in float (no Q/DQ on their weights nor on their activation input).
     """
     import onnx
 
@@ -89,13 +93,12 @@ def make_qdq_onnx(fp32_onnx: Path, out: Path, calibration: np.ndarray, *, sessio
                           "Export again with a newer --opset.")
     if method != AUTO and method not in METHODS:
         raise ConfigError(f"Unknown calibration method {method!r}; choose auto or one of {', '.join(METHODS)}.")
-    plan = plan_qdq(model.graph)
+    plan = keep_float(plan_qdq(model.graph), model.graph, float_layers)
     if amax is not None:
         ranges = {"given": amax}
     else:
-        rules = METHODS if method == AUTO else (method,)
-        ranges = activation_amax_by_method(fp32_onnx, calibration, session=session, methods=rules,
-                                           tensors=float_tensors(model))
+        ranges = cached_ranges(fp32_onnx, model, calibration, session=session,
+                               methods=METHODS if method == AUTO else (method,))
     for table in ranges.values():
         missing = [t for t in plan.activations if t not in table]
         if missing:
@@ -119,7 +122,56 @@ def make_qdq_onnx(fp32_onnx: Path, out: Path, calibration: np.ndarray, *, sessio
     out.with_name(f"{out.stem}.{chosen}{out.suffix}").replace(out)
     agreement = scored[chosen] if len(check) else None
     return QdqResult(out, dict(ranges[chosen]), tuple(plan.activations), tuple(plan.weights), chosen,
-                     len(calibration), agreement, scored if len(ranges) > 1 else None)
+                     len(calibration), agreement, scored if len(ranges) > 1 else None, tuple(float_layers))
+
+
+# Activation statistics are the slow part of a Q/DQ build, and the fallback rebuilds the same model from the
+# same images with more layers in float: the ranges of the last few (model, images, rules) are kept.
+_RANGES: dict[tuple[str, str, tuple[str, ...]], dict[str, dict[str, float]]] = {}
+_RANGES_KEPT = 4
+
+
+def cached_ranges(fp32_onnx: Path, model, calibration: np.ndarray, *, session: SessionFactory,
+                  methods: Sequence[str]) -> dict[str, dict[str, float]]:
+    """``activation_amax_by_method`` over every float tensor of ``model``, remembered by content."""
+    import hashlib
+
+    key = (hashlib.sha256(Path(fp32_onnx).read_bytes()).hexdigest(),
+           hashlib.sha256(np.ascontiguousarray(calibration).tobytes()).hexdigest() + str(calibration.shape),
+           tuple(methods))
+    if key not in _RANGES:
+        while len(_RANGES) >= _RANGES_KEPT:
+            _RANGES.pop(next(iter(_RANGES)))
+        _RANGES[key] = activation_amax_by_method(fp32_onnx, calibration, session=session, methods=key[2],
+                                                 tensors=float_tensors(model))
+    return {m: dict(table) for m, table in _RANGES[key].items()}
+
+
+def quantizable_layers(graph) -> list[str]:
+    """The ONNX node names whose weights the Q/DQ plan quantizes, in graph order: the layers that can be
+    kept in float (``float_layers``)."""
+    plan = plan_qdq(graph)
+    return [n.name for i, n in enumerate(graph.node)
+            if n.op_type in WEIGHTED_OPS and n.name and any(i == j for j, _ in plan.weight_uses.get(n.input[1], []))]
+
+
+def keep_float(plan: QdqPlan, graph, names: Sequence[str]) -> QdqPlan:
+    """``plan`` without the Q/DQ of the named layers: their weights and their own use of their activation
+    input stay float (a tensor shared with other consumers keeps its pair for them)."""
+    if not names:
+        return plan
+    index = {n.name: i for i, n in enumerate(graph.node) if n.name}
+    layers = set(quantizable_layers(graph))
+    unknown = [n for n in names if n not in layers]
+    if unknown:
+        raise ConfigError(f"cannot keep {', '.join(unknown[:3])} in float: not a quantized layer of this model "
+                          f"(its quantized layers are {', '.join(sorted(layers)[:5])} ...).")
+    drop = {index[n] for n in names}
+    activations = {t: kept for t, uses in plan.activations.items()
+                   if (kept := [(i, k) for i, k in uses if i not in drop])}
+    weight_uses = {t: kept for t, uses in plan.weight_uses.items()
+                   if (kept := [(i, k) for i, k in uses if i not in drop])}
+    return QdqPlan(activations, {t: a for t, a in plan.weights.items() if t in weight_uses}, weight_uses)
 
 
 def _write(model, plan: QdqPlan, amax: dict[str, float], method: str, path: Path) -> Path:

@@ -1,18 +1,21 @@
-"""Labelled image sources: ImageFolder trees and IDX files (Fashion-MNIST), read without torch."""
+"""Labelled image sources: ImageFolder trees, flat folders with a ground-truth file, IDX files (Fashion-MNIST),
+read without torch."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Mapping, Protocol
 
 import numpy as np
 from PIL import Image
 
 from resnet_deploy.calibration.images import open_image
+from resnet_deploy.calibration.labels import ClassLabels, read_ground_truth
 from resnet_deploy.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -24,6 +27,8 @@ FASHION_MNIST_CLASSES = (
 # Where Debian's dataset-fashion-mnist installs its four IDX files; RESNET_DEPLOY_FASHION_MNIST overrides.
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 _IDX_NAMES = {"train": "train", "test": "t10k"}
+# Folder names a split goes by beside ``train/`` (ImageNet's is ``val/``).
+SPLIT_FOLDERS = {"train": ("train",), "test": ("test", "val", "validation")}
 
 
 class ImageSource(Protocol):
@@ -79,6 +84,22 @@ class ImageFolderSource:
                 f"with extensions {', '.join(IMAGE_EXTENSIONS)}."
             )
         return cls(root, tuple(classes), files, np.asarray(labels, dtype=np.int64))
+
+    @classmethod
+    def open_flat(cls, root: str | os.PathLike, truth: Mapping[str, int], class_names: tuple[str, ...], *,
+                  flag: str, truth_flag: str = "--ground-truth") -> ImageFolderSource:
+        """``root/<image>`` labelled by ``truth`` (file name, or name without extension -> class index)."""
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"{flag}: {root} is not a folder. With {truth_flag}, give the folder of images it labels.")
+        files = sorted(f for f in root.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+        labels = [truth.get(f.name, truth.get(f.stem)) for f in files]
+        missing = [f.name for f, label in zip(files, labels) if label is None]
+        if not files or missing:
+            what = f"{len(missing)} of its {len(files)} images, e.g. {missing[0]}," if missing else "no images"
+            raise DataError(f"{flag}: {root} holds {what} that {truth_flag} does not label. Give the folder the "
+                            f"ground-truth file describes (images directly in it, {', '.join(IMAGE_EXTENSIONS)}).")
+        return cls(root, class_names, files, np.asarray(labels, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.files)
@@ -137,11 +158,18 @@ def _find_idx(folder: Path, split: str) -> tuple[Path, Path] | None:
 
 
 def fashion_mnist_dir() -> Path | None:
-    candidates = [os.environ.get("RESNET_DEPLOY_FASHION_MNIST", ""), *FASHION_MNIST_DIRS]
-    for c in candidates:
-        if c and _find_idx(Path(c), "train"):
-            return Path(c)
-    return None
+    """The folder of Fashion-MNIST's IDX files: RESNET_DEPLOY_FASHION_MNIST when set (a wrong one is an error,
+    never a silent fall back to another copy), else the system copy, else None."""
+    given = os.environ.get("RESNET_DEPLOY_FASHION_MNIST", "")
+    if given:
+        if not _find_idx(Path(given), "train"):
+            state = "holds" if Path(given).is_dir() else "is not a folder, so it holds"
+            raise DataError(
+                f"RESNET_DEPLOY_FASHION_MNIST={given} {state} no Fashion-MNIST IDX files (train-images-idx3-ubyte"
+                "[.gz] and train-labels-idx1-ubyte[.gz], t10k-* for the test split). Point the variable at the "
+                f"folder holding the four files, or unset it to use the system copy ({', '.join(FASHION_MNIST_DIRS)}).")
+        return Path(given)
+    return next((Path(c) for c in FASHION_MNIST_DIRS if _find_idx(Path(c), "train")), None)
 
 
 def open_idx(folder: Path, split: str, *, flag: str,
@@ -162,24 +190,55 @@ def open_idx(folder: Path, split: str, *, flag: str,
     return ArraySource(f"{folder.name}/{split}", images, labels.astype(np.int64), class_names)
 
 
-def open_source(spec: str | os.PathLike | None, split: str, *, flag: str) -> ImageSource:
-    """Resolve a data flag: ``fashion-mnist`` (or None), a folder of IDX files, an ImageFolder, or a
-    folder holding ``train/`` and ``test/`` ImageFolders (the split picks one)."""
+def _split_folder(path: Path, split: str) -> Path | None:
+    """``path/<split>`` when ``path`` holds ``train/`` and a test split (``test/``, ``val/`` or ``validation/``)."""
+    tests = [path / name for name in SPLIT_FOLDERS["test"] if (path / name).is_dir()]
+    if not (path / "train").is_dir() or not tests:
+        return None
+    return path / "train" if split == "train" else tests[0]
+
+
+def open_source(spec: str | os.PathLike | None, split: str, *, flag: str, labels: ClassLabels | None = None,
+                ground_truth: Path | None = None) -> ImageSource:
+    """Resolve a data flag: ``fashion-mnist`` (or None), a folder of IDX files, an ImageFolder, a folder
+    holding ``train/`` and ``test/`` (or ``val/``) ImageFolders (the split picks one), or with ``ground_truth``
+    a flat folder of images. ``labels`` names the classes (and maps class folders by their ids)."""
+    if ground_truth is not None:
+        truth = read_ground_truth(ground_truth, labels)
+        names = labels.names if labels is not None else tuple(str(i) for i in range(max(truth.values()) + 1))
+        path = Path(FASHION_MNIST if spec is None else spec)
+        return ImageFolderSource.open_flat(_split_folder(path, split) or path, truth, names, flag=flag)
     if spec is None or str(spec) == FASHION_MNIST:
-        folder = fashion_mnist_dir()
-        if folder is None:
+        idx = fashion_mnist_dir()
+        if idx is None:
             raise DataError(
                 f"{flag}: Fashion-MNIST is not installed. On Debian/Ubuntu run "
                 "`sudo apt-get install dataset-fashion-mnist`, or set RESNET_DEPLOY_FASHION_MNIST to a folder "
                 "holding its four IDX files, or pass an image folder."
             )
-        return open_idx(folder, split, flag=flag)
+        return relabel(open_idx(idx, split, flag=flag), labels, flag=flag)
     path = Path(spec)
     if path.is_dir() and _find_idx(path, split):
-        return open_idx(path, split, flag=flag)
-    if path.is_dir() and (path / split).is_dir() and (path / "train").is_dir() and (path / "test").is_dir():
-        return ImageFolderSource.open(path / split, flag=flag)
-    return ImageFolderSource.open(path, flag=flag)
+        return relabel(open_idx(path, split, flag=flag), labels, flag=flag)
+    return relabel(ImageFolderSource.open(_split_folder(path, split) or path, flag=flag), labels, flag=flag)
+
+
+def relabel(source: ImageSource, labels: ClassLabels | None, *, flag: str) -> ImageSource:
+    """``source`` with the class names of ``labels``: class folders map to outputs by id when the labels
+    file gives ids (a subset of the classes may be present), by sorted position otherwise."""
+    if labels is None:
+        return source
+    if labels.ids and isinstance(source, ImageFolderSource):
+        unknown = [c for c in source.class_names if c not in labels.ids]
+        if unknown:
+            raise DataError(f"{flag}: {source.name} has class folder(s) {', '.join(unknown[:3])} that "
+                            f"{labels.origin} does not list. Point --labels at the model's class list.")
+        remap = np.asarray([labels.ids.index(c) for c in source.class_names], dtype=np.int64)
+        return dataclasses.replace(source, class_names=labels.names, labels=remap[source.labels])
+    if len(labels) != len(source.class_names):
+        raise DataError(f"{flag}: {source.name} has {len(source.class_names)} classes but {labels.origin} names "
+                        f"{len(labels)}. Give a labels file with one name per class, in the model's output order.")
+    return dataclasses.replace(source, class_names=labels.names)  # type: ignore[type-var]
 
 
 def has_split(spec: str | os.PathLike | None, split: str) -> bool:
@@ -188,7 +247,7 @@ def has_split(spec: str | os.PathLike | None, split: str) -> bool:
         folder = fashion_mnist_dir()
         return folder is not None and _find_idx(folder, split) is not None
     path = Path(spec)
-    return path.is_dir() and (_find_idx(path, split) is not None or (path / split).is_dir())
+    return path.is_dir() and (_find_idx(path, split) is not None or _split_folder(path, split) is not None)
 
 
 def check_classes(source: ImageSource, num_classes: int, *, flag: str) -> None:

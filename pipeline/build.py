@@ -19,22 +19,27 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from resnet_deploy import environment, interrupts
-from resnet_deploy.calibration.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from resnet_deploy.calibration.sampling import ImageBatch, choose, decode, same_images
-from resnet_deploy.calibration.sources import check_classes, has_split, open_source
+from resnet_deploy import environment, interrupts, recipes
+from resnet_deploy.calibration.labels import read_labels
+from resnet_deploy.calibration.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, imagenet_preset
+from resnet_deploy.calibration.sampling import EvalSet, ImageBatch, choose, decode, same_images
+from resnet_deploy.calibration.sensitivity import Sensitivity
+from resnet_deploy.calibration.sources import ImageSource, check_classes, has_split, open_source
 from resnet_deploy.console import Ui
-from resnet_deploy.errors import DataError, GateFailed
+from resnet_deploy.errors import DataError, GateFailed, GateUnverified
 from resnet_deploy.host import cpu_name
 from resnet_deploy.models import get_arch
 from resnet_deploy.pipeline import bundle as bundle_io
 from resnet_deploy.pipeline import checkpoint as ckpt
 from resnet_deploy.pipeline import out_lock
-from resnet_deploy.pipeline.evaluate import predict, score
+from resnet_deploy.pipeline import predictions as predictions_io
+from resnet_deploy.pipeline.evaluate import score
 from resnet_deploy.pipeline.export import export_onnx
+from resnet_deploy.pipeline.fallback import Fallback, held_out_count
 from resnet_deploy.pipeline.fold import FoldCheck, fold_batchnorm, verify_fold
 from resnet_deploy.pipeline.html_report import render_html
-from resnet_deploy.pipeline.latency import measure
+from resnet_deploy.pipeline.latency import LatencyStats, measure, measure_throughput
+from resnet_deploy.pipeline.onnx_input import OnnxModel, fold_onnx, load_onnx, reference_runner, write_onnx
 from resnet_deploy.pipeline.records import (
     DataInfo,
     DataSet,
@@ -45,44 +50,70 @@ from resnet_deploy.pipeline.records import (
     Report,
     ResultRow,
     Stage,
+    Throughput,
 )
 from resnet_deploy.pipeline.report import gate, render_markdown
 from resnet_deploy.pipeline.settings import EMBEDDED_MODEL, BuildSettings
-from resnet_deploy.targets import Artifact, CompileInput, Target, expand, get_target, option_owners, runtimes
+from resnet_deploy.targets import (
+    Artifact,
+    CompileInput,
+    Target,
+    ThroughputRunner,
+    expand,
+    get_target,
+    option_owners,
+    runtimes,
+)
 
 
 @dataclass(frozen=True)
 class Data:
-    """The data stage's result: the preprocessing record and the decoded images (calibration and
-    evaluation never overlap), the indices of the evaluation images the bundle carries, and where they
-    came from."""
+    """The data stage's result: the preprocessing record, the decoded calibration images, the evaluation
+    images by reference (streamed by each pass: memory does not grow with their number; calibration and
+    evaluation never overlap), the decoded evaluation images the bundle carries, and where they came from."""
 
     prep: Preprocessing
     calib: ImageBatch
-    evals: ImageBatch
-    sample: np.ndarray
+    evals: EvalSet
+    sample: ImageBatch
     info: DataInfo
+    held_out: ImageBatch | None = None  # --fallback auto's check: calibration-source images nothing else sees
 
     def check_inputs(self, n: int = 64) -> np.ndarray:
         """Real images for the fold and export checks: from the carried sample, so every class shows up."""
-        return self.prep.normalize(self.evals.pixels[self.sample[:n]])
+        return self.prep.normalize(self.sample.pixels[:n])
+
+    def evaluated(self, evals: EvalSet) -> Data:
+        """After the first pass: the evaluation images it could read, counted in the report."""
+        counted = replace(self.info.evaluation, count=len(evals), skipped=len(evals.skipped))
+        return replace(self, evals=evals, info=replace(self.info, evaluation=counted))
 
 
 @dataclass(frozen=True)
 class Converted:
     """BN folded and exported: the folded model, the ONNX every target compiles from, the two self-checks."""
 
-    folded: torch.nn.Module
+    folded: torch.nn.Module | None  # None when the model came as ONNX: ``onnx`` is then its folded graph
     onnx: Path
     checks: dict[str, dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class Baseline:
-    """The PyTorch FP32 reference on the evaluation images and its per-image predictions."""
+    """The PyTorch FP32 reference on the evaluation images, its per-image predictions, and the images it read."""
 
     reference: Reference
     predictions: np.ndarray
+    evals: EvalSet
+
+
+@dataclass(frozen=True)
+class Validated:
+    """The validate stage's result: a row per artifact and, aligned with them, each one's predicted class for
+    every evaluation image (the gate pairs them with the reference's image by image)."""
+
+    rows: tuple[ResultRow, ...]
+    predictions: tuple[np.ndarray, ...]
 
 
 @dataclass(frozen=True)
@@ -117,11 +148,16 @@ def build(settings: BuildSettings, *, ui: Ui) -> BuildResult:
     for target in targets:  # every cheap check before the expensive stages
         target.ensure_available()
         options[target.name] = target.parse_options(settings.target_options)
+        for notice in target.notices(settings.target_options):  # a default chosen for a flag left out
+            ui.warn(notice)
     _warn_unused_flags(settings, targets, ui)
     stage = _Stages()
     with contextlib.ExitStack() as held:
         if settings.out is not None:  # checked and locked before any checkpoint or image is read
             held.enter_context(_claim_out(settings.out, settings, ui))
+        if settings.train_data is not None:  # build --train-data: the weights it trains are the checkpoint
+            with stage("train"):
+                settings = train_stage(settings, ui)
         with stage("load"):
             loaded = load_model_stage(settings, ui)
         out = settings.out or Path("build") / f"{loaded.arch}-{'-'.join(t.name for t in targets)}"
@@ -137,26 +173,37 @@ def build(settings: BuildSettings, *, ui: Ui) -> BuildResult:
                 converted = export_stage(loaded, data, folded, fold_check, staging, ui)
             with stage("reference"):
                 baseline = reference_stage(loaded, data, ui)
+                data = data.evaluated(baseline.evals)  # the images the first pass could read
             artifacts: list[Artifact] = []
+            fb = fallback_for(settings, converted, data, ui)
             for target in targets:
                 with stage(f"compile:{target.name}"):
                     artifacts += compile_stage(target, options[target.name], converted, data, loaded.num_classes,
-                                               staging, ui)
+                                               staging, ui, fb)
             with stage("validate"):
                 results = validate_stage(settings, loaded, data, baseline, artifacts, staging, ui)
             with _guarded("report", staging, out):
                 report = report_stage(settings, loaded, data, converted, baseline, artifacts, results, stage.done,
-                                      staging, time.perf_counter() - started)
+                                      staging, time.perf_counter() - started, sensitivity=fb.sensitivity)
             with interrupts.critical(done=f"the new bundle was published to --out {out} just before it."):
                 interrupts.test_point("publish")  # a signal here is held back until the bundle is in place
                 bundle_io.publish(staging, out, force=settings.force)
     ui.info(f"bundle: {out}  report: {out / 'report.md'}")
-    if not report.gate.passed:
+    if report.gate.status == "failed":
+        besides = "; ".join(report.gate.unverified)
         raise GateFailed(
             out,
             "INT8 accuracy gate failed: " + "; ".join(report.gate.failures) +
-            f" (--max-drop {settings.max_drop}). The bundle was written to {out} and its report is marked failed; "
-            "try more or more representative --calib-samples, or raise --max-drop if the drop is acceptable."
+            (f". Besides, this evaluation could not have verified a pass: {besides}" if besides else "") +
+            f". The bundle was written to {out} and its report is marked failed; try more or more representative "
+            "--calib-samples, or relax --max-drop / --min-agreement if the loss is acceptable."
+        )
+    if report.gate.status == "unverified":
+        raise GateUnverified(
+            out,
+            "INT8 accuracy is UNVERIFIED: no row failed, but the evaluation cannot support a verdict: "
+            + "; ".join(report.gate.unverified) + f". The bundle was written to {out} and its report is marked "
+            "unverified; evaluate a trained model on more labelled images (--eval-data, --eval-samples)."
         )
     return BuildResult(out, report)
 
@@ -175,6 +222,7 @@ def _claim_out(out: Path, settings: BuildSettings, ui: Ui) -> Iterator[None]:
     """Refuse an --out whose replacement would lose data, then hold its lock until the bundle is published."""
     inputs = [(flag, Path(value)) for flag, value in (("--eval-data", settings.eval_data),
                                                        ("--calib-data", settings.calib_data),
+                                                       ("--onnx", settings.onnx),
                                                        ("--checkpoint", settings.checkpoint)) if value is not None]
     bundle_io.check_out(out, force=settings.force, inputs=inputs)  # cheap checks first, before the lock file
     with out_lock.hold(out):
@@ -202,15 +250,33 @@ def _guarded(name: str, staging: Path, out: Path) -> Iterator[None]:
 
 # --- stages ----------------------------------------------------------------------------------------
 
+def train_stage(s: BuildSettings, ui: Ui) -> BuildSettings:
+    """Train as `resnet-deploy train --data` does (its run folder kept, resumable), then go on with the weights
+    it wrote as --checkpoint, evaluated by default on the training data's own test split."""
+    from resnet_deploy.pipeline.training_run import run_training
+
+    assert s.train is not None and s.train_data is not None
+    run = s.train_out or Path("runs") / s.train.arch
+    result = run_training(s.train, data=s.train_data, test_data=None, out=run, input_size=s.input_size,
+                          mean=s.mean, std=s.std, ui=ui)
+    assert result is not None  # rank 0: build does not run under torchrun
+    ui.info(f"train: {run} ({len(result.history)} epochs), weights {result.weights}")
+    return replace(s, checkpoint=result.weights, arch=None, train_data=None, train=None,
+                   eval_data=s.eval_data if s.eval_data is not None else s.train_data)
+
+
 def load_model_stage(s: BuildSettings, ui: Ui) -> ckpt.LoadedModel:
-    if s.checkpoint is not None:
+    if s.onnx is not None:
+        loaded: ckpt.LoadedModel = load_onnx(s.onnx, input_size=s.input_size, mean=s.mean, std=s.std,
+                                             num_classes=s.num_classes)
+    elif s.checkpoint is not None:
         loaded = ckpt.load_model(s.checkpoint, arch=s.arch, num_classes=s.num_classes)
     elif s.arch is not None:
         spec = get_arch(s.arch)
         ui.warn(f"no --checkpoint: building a RANDOMLY INITIALISED {spec.name}. Its accuracy means nothing; "
                 "use it for latency work only.")
         # As many classes as the evaluation data has, so the random model runs through every stage.
-        num_classes = s.num_classes or len(open_source(s.eval_data, "test", flag="--eval-data").class_names)
+        num_classes = s.num_classes or len(_eval_source(s).class_names)
         loaded = ckpt.random_model(spec.name, num_classes=num_classes, in_channels=3)
     else:
         loaded = ckpt.load_model(EMBEDDED_MODEL, num_classes=s.num_classes)
@@ -221,7 +287,8 @@ def load_model_stage(s: BuildSettings, ui: Ui) -> ckpt.LoadedModel:
 
 
 def _preprocessing(s: BuildSettings, loaded: ckpt.LoadedModel, class_names: tuple[str, ...]) -> Preprocessing:
-    """Flags win over the checkpoint's own record, which wins over the family's defaults."""
+    """Flags win over the checkpoint's own record, which wins over the family's defaults (the ImageNet
+    family's: torchvision's evaluation transform)."""
     saved = loaded.meta.get("preprocessing")
     if saved:
         base = Preprocessing.from_dict(saved)
@@ -230,17 +297,30 @@ def _preprocessing(s: BuildSettings, loaded: ckpt.LoadedModel, class_names: tupl
         size = spec.default_input_size
         ch = loaded.in_channels
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if ch == 3 else ((0.5,), (0.5,))
-        base = Preprocessing((size, size), ch, mean, std, crop_ratio=0.875 if spec.family == "imagenet" else 1.0)
+        base = (imagenet_preset(size) if spec.family == "imagenet" and ch == 3 else
+                Preprocessing((size, size), ch, mean, std, crop_ratio=0.875 if spec.family == "imagenet" else 1.0))
+    size = s.input_size or base.input_size
+    pixels, ratio = (s.resize, None) if isinstance(s.resize, int) else (None, s.resize)
+    if pixels is None and ratio is None:  # the record's own policy; its resize only at its own input size
+        pixels, ratio = (base.resize if size == base.input_size else None), base.crop_ratio
     return Preprocessing(
-        input_size=s.input_size or base.input_size, channels=loaded.in_channels,
+        input_size=size, channels=loaded.in_channels,
         mean=s.mean or base.mean, std=s.std or base.std,
-        crop_ratio=base.crop_ratio,
+        crop_ratio=ratio if ratio is not None else max(size) / pixels if pixels else 1.0, resize=pixels,
+        crop=s.crop or ("center" if s.resize is not None else base.crop),
+        interpolation=s.interpolation or base.interpolation, channel_order=s.channel_order or base.channel_order,
         class_names=class_names,
     )
 
 
+def _eval_source(s: BuildSettings) -> ImageSource:
+    """The evaluation images: --eval-data, named by --labels, a flat folder labelled by --ground-truth."""
+    labels = read_labels(s.labels) if s.labels is not None else None
+    return open_source(s.eval_data, "test", flag="--eval-data", labels=labels, ground_truth=s.ground_truth)
+
+
 def data_stage(s: BuildSettings, loaded: ckpt.LoadedModel, ui: Ui) -> Data:
-    eval_src = open_source(s.eval_data, "test", flag="--eval-data")
+    eval_src = _eval_source(s)
     # Without --calib-data, calibrate on the evaluation data's own training split, or on the rest of its
     # folder: never on another data set than the one the user pointed at.
     calib_spec = s.calib_data if s.calib_data is not None else s.eval_data
@@ -261,57 +341,95 @@ def data_stage(s: BuildSettings, loaded: ckpt.LoadedModel, ui: Ui) -> Data:
         )
     with ui.task("decode calibration", len(calib_idx)) as bar:
         calib = decode(calib_src, calib_idx, prep, flag="--calib-data", progress=bar.advance)
-    with ui.task("decode evaluation", len(eval_idx)) as bar:
-        evals = decode(eval_src, eval_idx, prep, flag="--eval-data", progress=bar.advance)
-    for name, batch in (("calibration", calib), ("evaluation", evals)):
-        if batch.skipped:
-            ui.warn(f"{len(batch.skipped)} unreadable {name} image(s) skipped (first: {batch.skipped[0]})")
+    if calib.skipped:
+        ui.warn(f"{len(calib.skipped)} unreadable calibration image(s) skipped (first: {calib.skipped[0]})")
+    taken = calib_idx if exclude is None else np.concatenate([calib_idx, exclude])
+    held_idx = choose(len(calib_src), held_out_count(s.fallback), seed=s.seed + 2, exclude=taken)
+    held_out = decode(calib_src, held_idx, prep, flag="--calib-data") if len(held_idx) else None
+    # Evaluation images are decoded by each pass, a chunk at a time; only the ones the bundle carries stay.
+    evals = EvalSet.of(eval_src, eval_idx)
+    carried = bundle_io.eval_sample_indices(len(evals), int(np.prod(prep.shape)), limit=s.eval_sample_size,
+                                            seed=s.seed)
+    sample = decode(eval_src, evals.indices[carried], prep, flag="--eval-data")
     info = DataInfo(
         calibration=DataSet(calib_src.name, len(calib), len(calib.skipped), s.seed + 1, calib.digest()),
-        evaluation=DataSet(eval_src.name, len(evals), len(evals.skipped), s.seed),
+        evaluation=DataSet(eval_src.name, len(evals), 0, s.seed),  # counted again after the first pass
     )
-    sample = bundle_io.eval_sample_indices(evals.pixels, limit=s.eval_sample_size, seed=s.seed)
-    return Data(prep, calib, evals, sample, info)
+    return Data(prep, calib, evals, sample, info, held_out)
 
 
-def fold_stage(loaded: ckpt.LoadedModel, data: Data, ui: Ui) -> tuple[torch.nn.Module, FoldCheck]:
-    folded, count = fold_batchnorm(loaded.model)
-    check = verify_fold(loaded.model, folded, torch.from_numpy(data.check_inputs()), count)
-    ui.info(f"fold: {count} conv+BN pairs folded, max |diff| {check.max_abs_diff:.2e} ({check.relative:.1e} of scale)")
+def fold_stage(loaded: ckpt.LoadedModel, data: Data, ui: Ui) -> tuple[Any, FoldCheck]:
+    """BN folded into the convolutions: a new module, or for an ONNX input a new graph (checked alike)."""
+    if isinstance(loaded, OnnxModel):
+        folded, check = fold_onnx(loaded, data.check_inputs())
+    else:
+        folded, count = fold_batchnorm(loaded.model)
+        check = verify_fold(loaded.model, folded, torch.from_numpy(data.check_inputs()), count)
+    ui.info(f"fold: {check.folded_layers} conv+BN pairs folded, max |diff| {check.max_abs_diff:.2e} "
+            f"({check.relative:.1e} of scale)")
     return folded, check
 
 
-def export_stage(loaded: ckpt.LoadedModel, data: Data, folded: torch.nn.Module, fold_check: FoldCheck,
+def export_stage(loaded: ckpt.LoadedModel, data: Data, folded: Any, fold_check: FoldCheck,
                  staging: Path, ui: Ui) -> Converted:
     path = staging / bundle_io.MODEL_ONNX
     metadata = {"resnet_deploy.preprocessing": data.prep.to_json(), "resnet_deploy.arch": loaded.arch,
                 "resnet_deploy.class_names": list(data.prep.class_names)}
-    check = export_onnx(folded, path, sample=data.check_inputs(), metadata=metadata)
+    if isinstance(loaded, OnnxModel):  # already ONNX: written as the bundle's model, checked against its graph
+        check = write_onnx(folded, path, sample=data.check_inputs(), metadata=metadata)
+        against, module = "the input graph", None
+    else:
+        check = export_onnx(folded, path, sample=data.check_inputs(), metadata=metadata)
+        against, module = "PyTorch", folded
     bundle_io.write_json(staging / bundle_io.PREPROCESSING, data.prep.to_dict())
-    ui.info(f"export: {path.name} opset {check.opset}, max |diff| vs PyTorch {check.max_abs_diff:.2e}")
-    return Converted(folded, path, {"fold": fold_check.to_dict(), "export": check.to_dict()})
+    ui.info(f"export: {path.name} opset {check.opset}, max |diff| vs {against} {check.max_abs_diff:.2e}")
+    return Converted(module, path, {"fold": fold_check.to_dict(), "export": check.to_dict()})
 
 
 def reference_stage(loaded: ckpt.LoadedModel, data: Data, ui: Ui) -> Baseline:
-    model = loaded.model.eval()
-    inputs = data.evals.inputs(data.prep)
-    with torch.inference_mode(), ui.task("reference (PyTorch FP32)", len(inputs)) as bar:
-        preds = predict(lambda x: model(torch.from_numpy(x)).numpy(), inputs, batch=256, progress=bar.advance)
-    acc = score(preds, data.evals.labels, loaded.num_classes)
-    ui.info(f"reference: PyTorch FP32 top-1 {acc.top1:.4f} on {len(inputs)} images")
-    return Baseline(Reference("pytorch", "fp32", round(acc.top1, 6), tuple(round(v, 6) for v in acc.per_class)),
-                    preds)
+    """FP32 predictions every row is compared with: the PyTorch model, or an ONNX input's graph as given."""
+    if isinstance(loaded, OnnxModel):  # no PyTorch model: the graph as given, in the pipeline's ONNX session
+        framework, run = reference_runner(loaded)
+        shown = framework
+    else:
+        model = loaded.model.eval()
+        framework, shown, run = "pytorch", "PyTorch", lambda x: model(torch.from_numpy(x)).numpy()
+    images = data.evals.stream(data.prep, flag="--eval-data")
+    preds = np.full(len(images), -1, dtype=np.int64)
+    with torch.inference_mode(), ui.task(f"reference ({shown} FP32)", len(images)) as bar:
+        for chunk in images:
+            preds[chunk.positions] = np.asarray(run(data.prep.normalize(chunk.pixels))).argmax(1)
+            bar.advance(chunk.covered)
+    if images.skipped:
+        ui.warn(f"{len(images.skipped)} unreadable evaluation image(s) skipped (first: {images.skipped[0]})")
+    evals = data.evals.readable(preds >= 0, images.skipped)
+    preds = preds[preds >= 0]
+    acc = score(preds, evals.labels, loaded.num_classes)
+    ui.info(f"reference: {shown} FP32 top-1 {acc.top1:.4f} on {len(evals)} images")
+    return Baseline(Reference(framework, "fp32", round(acc.top1, 6), tuple(round(v, 6) for v in acc.per_class)),
+                    preds, evals)
+
+
+def fallback_for(s: BuildSettings, converted: Converted, data: Data, ui: Ui) -> Fallback:
+    """The mixed-precision fallback every compile goes through: its gate, cap and held-out images."""
+    spare = data.held_out
+    return Fallback(mode=s.fallback, min_agreement=s.min_agreement, max_drop=s.max_drop,
+                    max_float_layers=s.max_float_layers, fp32_onnx=converted.onnx,
+                    calibration=data.calib.inputs(data.prep),
+                    held_out=spare.inputs(data.prep) if spare else np.zeros((0, *data.prep.shape), np.float32),
+                    labels=spare.labels if spare else np.zeros(0, np.int64), latency=s.latency, threads=s.threads,
+                    ui=ui)
 
 
 def compile_stage(target: Target, options: Any, converted: Converted, data: Data, num_classes: int,
-                  staging: Path, ui: Ui) -> list[Artifact]:
+                  staging: Path, ui: Ui, fb: Fallback) -> list[Artifact]:
     ui.info(f"compile: {target.name} ({target.summary})")
-    inp = CompileInput(converted.onnx, data.calib.inputs(data.prep), data.prep, options)
+    inp = CompileInput(converted.onnx, fb.calibration, data.prep, options)
     # Quantizers draw their own progress bars on stdout; keep stdout for results (--json).
     with contextlib.ExitStack() as stack:
         sink = stack.enter_context(open(os.devnull, "w")) if ui.quiet else sys.stderr
         with contextlib.redirect_stdout(sink):
-            artifacts = list(target.compile(inp, staging))
+            artifacts = fb.compile(target, inp, staging)  # with layers kept in float where INT8 misses the gate
     target.serving_configs(staging, artifacts, data.prep, num_classes)  # written into the bundle, and listed
     return artifacts
 
@@ -321,33 +439,61 @@ def _artifact_bytes(staging: Path, artifact: Artifact) -> int:
     return sum((staging / p).stat().st_size for p in paths)
 
 
+# Images per throughput pass: many times the requests in flight, so waiting for the last ones costs little.
+_THROUGHPUT_IMAGES = 64
+
+
 def validate_stage(s: BuildSettings, loaded: ckpt.LoadedModel, data: Data, baseline: Baseline,
-                   artifacts: list[Artifact], staging: Path, ui: Ui) -> tuple[ResultRow, ...]:
-    inputs = data.evals.inputs(data.prep)
-    labels = data.evals.labels
+                   artifacts: list[Artifact], staging: Path, ui: Ui) -> Validated:
+    """Accuracy of every artifact in one streamed pass, each at its runtime's throughput settings; then, per
+    measured artifact, images/s in the same mode and latency at batch 1 with the latency settings. A
+    simulated artifact (a device model run on this CPU) is scored, never timed."""
+    evals, prep = data.evals, data.prep
+    many = [get_target(a.target).load_throughput(a, staging, threads=s.threads) for a in artifacts]
+    predictions = [np.full(len(evals), -1, dtype=np.int64) for _ in artifacts]
+    with ui.task(f"evaluate {len(artifacts)} artifacts", len(evals)) as bar:
+        for chunk in evals.stream(prep, flag="--eval-data", strict=True):
+            x = prep.normalize(chunk.pixels)
+            for preds, runner in zip(predictions, many):
+                preds[chunk.positions] = np.asarray(runner.run_many(x)).argmax(1)
+            bar.advance(chunk.covered)
+    carried = evals.positions(data.sample.idents)
+    timed = prep.normalize(data.sample.pixels[:_THROUGHPUT_IMAGES])
     rows = []
-    for artifact in artifacts:
-        runner = get_target(artifact.target).load(artifact, staging, threads=s.threads)
-        label = f"{artifact.target} {artifact.precision}"
-        with ui.task(f"evaluate {label}", len(inputs)) as bar:
-            preds = predict(runner.run, inputs, progress=bar.advance)
-        acc = score(preds, labels, loaded.num_classes, reference=baseline.predictions)
-        lat = measure(runner.run, inputs[:1], s.latency)
+    for artifact, preds, mode in zip(artifacts, predictions, many):
+        acc = score(preds, evals.labels, loaded.num_classes, reference=baseline.predictions)
+        tput, lat, runner = _time_artifact(artifact, mode, timed, s, staging)
         rows.append(ResultRow(
             target=artifact.target, precision=artifact.precision, runtime=artifact.runtime,
-            simulated=artifact.simulated, runner=runner.description, top1=round(acc.top1, 6),
+            simulated=artifact.simulated, runner=runner, top1=round(acc.top1, 6),
             per_class_top1=tuple(round(v, 6) for v in acc.per_class),
-            agreement=None if acc.agreement is None else round(acc.agreement, 6), batch=lat.batch,
-            iterations=lat.iterations, throughput_ips=round(lat.throughput_ips, 2),
-            latency_ms=Latency(*(round(v, 4) for v in (lat.p50, lat.p90, lat.p99, lat.mean, lat.min))),
+            agreement=None if acc.agreement is None else round(acc.agreement, 6), batch=1,
+            iterations=lat.iterations if lat else 0,
+            throughput_ips=round(tput.images / tput.seconds, 2) if tput else None,
+            latency_ms=Latency(*(round(v, 4) for v in (lat.p50, lat.p90, lat.p99, lat.mean, lat.min))) if lat else None,
             artifact=artifact.path, bytes=_artifact_bytes(staging, artifact),
             # top-1 on the images the bundle carries, so `bench` on the device compares like with like
-            sample_top1=round(float((preds[data.sample] == labels[data.sample]).mean()), 6),
-            samples_ms=tuple(round(v, 4) for v in lat.samples_ms[:1000]),
-            details=dict(artifact.details), note=artifact.note))
-        ui.info(f"validate: {label:22s} top-1 {acc.top1:.4f} agreement {acc.agreement:.4f} "
-                f"p50 {lat.p50:.3f} ms ({runner.description})")
-    return tuple(rows)
+            sample_top1=round(float((preds[carried] == evals.labels[carried]).mean()), 6),
+            samples_ms=tuple(round(v, 4) for v in lat.samples_ms[:1000]) if lat else (),
+            details=dict(artifact.details), note=artifact.note, throughput=tput,
+            measured_on="" if artifact.simulated else f"host CPU: {cpu_name()}"))
+        timing = (f"{tput.images / tput.seconds:.1f} img/s, p50 {lat.p50:.3f} ms" if tput and lat else
+                  "a CPU simulation of the device model: accuracy only")
+        ui.info(f"validate: {artifact.target + ' ' + artifact.precision:22s} top-1 {acc.top1:.4f} agreement "
+                f"{acc.agreement:.4f} {timing}")
+    return Validated(tuple(rows), tuple(predictions))
+
+
+def _time_artifact(artifact: Artifact, mode: ThroughputRunner, images: np.ndarray, s: BuildSettings,
+                   staging: Path) -> tuple[Throughput | None, LatencyStats | None, str]:
+    """Images/s in the runtime's throughput mode (``mode``), then latency at batch 1 in its latency mode, and
+    the latency runner's description; a simulated artifact is not timed."""
+    if artifact.simulated:
+        return None, None, mode.description
+    stats = measure_throughput(mode.run_many, images, s.latency, requests=mode.requests)
+    tput = Throughput(stats.images, round(stats.seconds, 3), stats.requests, mode.description)
+    runner = get_target(artifact.target).load(artifact, staging, threads=s.threads)
+    return tput, measure(runner.run, images[:1], s.latency), runner.description
 
 
 def _versions() -> dict[str, str]:
@@ -363,25 +509,33 @@ def _versions() -> dict[str, str]:
 
 
 def report_stage(s: BuildSettings, loaded: ckpt.LoadedModel, data: Data, converted: Converted, baseline: Baseline,
-                 artifacts: list[Artifact], results: tuple[ResultRow, ...], stages: list[Stage], staging: Path,
-                 wall: float) -> Report:
-    g = gate(baseline.reference.top1, results, s.max_drop)
-    bundle_io.save_eval_sample(staging / bundle_io.EVAL_SAMPLE, data.evals.pixels[data.sample],
-                               data.evals.labels[data.sample], data.prep.class_names)
+                 artifacts: list[Artifact], results: Validated, stages: list[Stage], staging: Path,
+                 wall: float, *, sensitivity: Sensitivity | None = None) -> Report:
+    preds = predictions_io.Predictions(
+        np.asarray(data.evals.idents, dtype=str), data.evals.labels, baseline.predictions,
+        tuple(predictions_io.RowPredictions(r.target, r.precision, r.simulated, p)
+              for r, p in zip(results.rows, results.predictions)))
+    g = gate(results.rows, preds, max_drop=s.max_drop, min_agreement=s.min_agreement,
+             class_names=data.prep.class_names)
+    predictions_io.save(staging / predictions_io.FILE, preds)
+    bundle_io.save_eval_sample(staging / bundle_io.EVAL_SAMPLE, data.sample.pixels, data.sample.labels,
+                               data.prep.class_names)
     report = Report(
-        status="passed" if g.passed else "failed",
+        status=g.status,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         model=ModelInfo(loaded.arch, loaded.num_classes, tuple(data.prep.shape), loaded.source, loaded.shortcut,
                         int(sum(p.numel() for p in loaded.model.parameters()))),
-        preprocessing=data.prep.to_dict(), data=data.info, reference=baseline.reference, results=results, gate=g,
+        preprocessing=data.prep.to_dict(), data=data.info, reference=baseline.reference, results=results.rows, gate=g,
         checks=converted.checks, stages=tuple(stages),
         commands={k: v for a in artifacts for k, v in a.commands.items()},
-        host=Host(cpu_name(), platform.platform(), sys.version.split()[0]), wall_seconds=round(wall, 2),
-        artifacts=tuple(artifacts),
+        host=Host.of_this_machine(threads=s.threads, versions=_versions()), wall_seconds=round(wall, 2),
+        artifacts=tuple(artifacts), sensitivity=sensitivity,
     )
     bundle_io.write_json(staging / bundle_io.REPORT_JSON, report.to_json())
     (staging / "report.md").write_text(render_markdown(report))
     (staging / "report.html").write_text(render_html(report))
+    if s.recipe:  # `build --recipe <bundle>/recipe.yaml` builds this bundle again
+        (staging / recipes.RECIPE).write_text(recipes.dump(s.recipe))
     bundle_io.write_manifest(staging, versions=_versions(), args=s.to_args(), seed=s.seed,
                              calibration={"count": data.info.calibration.count,
                                           "sha256": data.info.calibration.sha256})

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from resnet_deploy.errors import BundleError, ConfigError
-from resnet_deploy.files import sha256_file
+from resnet_deploy.files import as_newly_created, sha256_file
 
 MANIFEST = "manifest.json"
 REPORT_JSON = "report.json"
@@ -97,6 +97,9 @@ def publish(tmp: Path, out: Path, *, force: bool = False) -> None:
     The caller holds ``out``'s lock (``out_lock.hold``), so no other publish overlaps this one. The
     checks of ``check_out`` run again here: files put into ``out`` during the build are never lost.
     """
+    for path in tmp.rglob("*"):  # whatever library wrote a file, it reads like any new file of this user
+        if path.is_file() and not path.is_symlink():
+            as_newly_created(path)
     old = None
     if out.exists():
         check_out_contents(out, force=force)
@@ -306,7 +309,9 @@ def verify_bundle(bundle: Path, *, check_hashes: bool = True, skip_device_files:
         manifest = json.loads(manifest_path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BundleError(f"{manifest_path} is not valid JSON ({err}). Rebuild the bundle.") from None
-    for rel, info in _check_schema(bundle, manifest).items():
+    listed = _check_schema(bundle, manifest)
+    to_hash = []
+    for rel, info in listed.items():  # the cheap checks of every file before any is hashed
         f = listed_file(bundle, rel)
         try:
             st = f.stat()
@@ -321,7 +326,9 @@ def verify_bundle(bundle: Path, *, check_hashes: bool = True, skip_device_files:
             raise BundleError(f"{bundle}: {rel} does not match its sha256 in {MANIFEST}: it has {st.st_size} bytes "
                               f"where {MANIFEST} says {info['bytes']}, so the file was changed or damaged (it was not "
                               "read). Copy the bundle again.")
-        if check_hashes and sha256_file(f) != info["sha256"]:
+        to_hash.append((rel, f, info))
+    for rel, f, info in to_hash if check_hashes else ():
+        if sha256_file(f) != info["sha256"]:
             raise BundleError(f"{bundle}: {rel} does not match its sha256 in {MANIFEST}: the file was changed or "
                               "damaged. Copy the bundle again.")
     return manifest
@@ -351,12 +358,12 @@ def require_listed(bundle: Path, manifest: Mapping[str, Any], names: Sequence[st
             raise _damaged(bundle, f"{rel} is not listed in {MANIFEST}, so it cannot be trusted")
 
 
-def eval_sample_indices(pixels: np.ndarray, *, limit: int, seed: int) -> np.ndarray:
-    """Which evaluation images the bundle carries: ``limit`` of them (at most 24 MB of pixels), drawn at
-    random from ``seed`` so every class is represented (the evaluation set may be sorted by class)."""
-    per_image = int(np.prod(pixels.shape[1:]))
-    n = int(min(limit, len(pixels), max(1, EVAL_SAMPLE_MAX_BYTES // per_image)))
-    return np.sort(np.random.default_rng(seed).permutation(len(pixels))[:n])
+def eval_sample_indices(count: int, image_bytes: int, *, limit: int, seed: int) -> np.ndarray:
+    """Which of ``count`` evaluation images (``image_bytes`` of uint8 pixels each) the bundle carries: ``limit``
+    of them (at most 24 MB of pixels), drawn at random from ``seed`` so every class is represented (the
+    evaluation set may be sorted by class)."""
+    n = int(min(limit, count, max(1, EVAL_SAMPLE_MAX_BYTES // max(1, image_bytes))))
+    return np.sort(np.random.default_rng(seed).permutation(count)[:n])
 
 
 def save_eval_sample(path: Path, pixels: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]) -> int:

@@ -18,6 +18,7 @@ from torch import nn
 
 from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.errors import CheckpointError, ConfigError
+from resnet_deploy.files import as_newly_created
 from resnet_deploy.models import ArchSpec, build_model, get_arch, list_archs
 
 TORCH_SUFFIXES = (".pt", ".pth", ".th", ".tar", ".ckpt", ".bin")
@@ -327,5 +328,6 @@ def save_safetensors(path: str | Path, model: nn.Module, meta: dict[str, Any]) -
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+    as_newly_created(Path(path))  # save_file makes it 0600; last.pt beside it is 0644
 
 

@@ -9,7 +9,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -19,9 +19,9 @@ from resnet_deploy.errors import BundleError, ConfigError, DataError, Dependency
 from resnet_deploy.pipeline import bundle as bundle_io
 from resnet_deploy.pipeline import out_lock
 from resnet_deploy.pipeline.evaluate import predict, score
-from resnet_deploy.pipeline.latency import LatencySettings, measure
+from resnet_deploy.pipeline.latency import LatencySettings, measure, measure_throughput
 from resnet_deploy.pipeline.records import Report
-from resnet_deploy.targets import Artifact, Runner, get_target, list_targets, runtimes
+from resnet_deploy.targets import Artifact, Runner, Target, ThroughputRunner, get_target, list_targets, runtimes
 
 _PRECISION_ORDER = ("int8", "fp16", "fp32")
 
@@ -127,6 +127,15 @@ def artifact_to_time(bundle: Path, *, runtime: str | None, precision: str | None
 
 
 def load_runner(b: LoadedBundle, artifact: Artifact, *, threads: int | None = None, hint: str | None = None) -> Runner:
+    return _load(b, artifact, lambda target: target.load(artifact, b.path, threads=threads, hint=hint))
+
+
+def load_throughput_runner(b: LoadedBundle, artifact: Artifact, *, threads: int | None = None) -> ThroughputRunner:
+    """``artifact`` in its runtime's throughput mode (requests in flight), checked as ``load_runner``."""
+    return _load(b, artifact, lambda target: target.load_throughput(artifact, b.path, threads=threads))
+
+
+def _load(b: LoadedBundle, artifact: Artifact, load: Callable[[Target], Any]) -> Any:
     if Path(artifact.path).is_absolute():  # an engine in a --cache-dir outside the bundle: its own recorded hash
         bundle_io.verify_external(Path(artifact.path), sha256=artifact.sha256 or "")
     try:
@@ -135,7 +144,7 @@ def load_runner(b: LoadedBundle, artifact: Artifact, *, threads: int | None = No
         raise DependencyError(f"{b.path}: {artifact.path} was made by the target {artifact.target!r}, which is not "
                               "installed here; install its plug-in package.") from None
     try:
-        return target.load(artifact, b.path, threads=threads, hint=hint)
+        return load(target)
     except ResnetDeployError:
         raise
     except Exception as err:  # the runtimes raise their own types for unreadable models
@@ -241,16 +250,44 @@ def infer(b: LoadedBundle, runner: Runner, paths: Sequence[Path], *, top: int = 
     return out
 
 
-def bench(b: LoadedBundle, runner: Runner, artifact: Artifact, *, batches: Sequence[int] = (1,),
-          latency: LatencySettings | None = None, accuracy: bool = True) -> dict[str, Any]:
-    """Latency per batch size on evaluation images, and top-1 on the bundle's labelled sample."""
-    latency = latency or LatencySettings()
+def _sample(b: LoadedBundle) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """The bundle's labelled evaluation sample, normalised: what ``bench`` times and scores."""
     try:
         pixels, labels, names = bundle_io.load_eval_sample(b.path / bundle_io.EVAL_SAMPLE)
     except (OSError, ValueError, KeyError) as err:
         raise BundleError(f"{b.path / bundle_io.EVAL_SAMPLE} is damaged ({err.__class__.__name__}). "
                           "Rebuild or copy the bundle again.") from None
-    inputs = b.prep.normalize(pixels)
+    return b.prep.normalize(pixels), labels, names
+
+
+def _accuracy(b: LoadedBundle, artifact: Artifact, preds: np.ndarray, labels: np.ndarray,
+              names: tuple[str, ...]) -> dict[str, Any]:
+    acc = score(preds, labels, len(names))
+    built = next((r for r in b.report.results if r.artifact == artifact.path), None)
+    return {"images": len(labels), "top1": round(acc.top1, 6),
+            "build_top1_same_images": built.sample_top1 if built else None}
+
+
+def bench_throughput(b: LoadedBundle, runner: ThroughputRunner, artifact: Artifact, *,
+                     settings: LatencySettings | None = None, accuracy: bool = True) -> dict[str, Any]:
+    """Images/s the way the runtime's own tool measures it (its requests in flight over the bundle's sample,
+    completed images over wall time), and top-1 on that sample from the same runner."""
+    inputs, labels, names = _sample(b)
+    stats = measure_throughput(runner.run_many, inputs, settings or LatencySettings(), requests=runner.requests)
+    result: dict[str, Any] = {"bundle": str(b.path), "artifact": artifact.to_dict(), "runner": runner.description,
+                              "simulated": artifact.simulated, "throughput": stats.to_dict()}
+    if artifact.simulated:
+        result["measured_on"] = "CPU simulation of the device model, not the device"
+    if accuracy:
+        result["accuracy"] = _accuracy(b, artifact, np.asarray(runner.run_many(inputs)).argmax(1), labels, names)
+    return result
+
+
+def bench(b: LoadedBundle, runner: Runner, artifact: Artifact, *, batches: Sequence[int] = (1,),
+          latency: LatencySettings | None = None, accuracy: bool = True) -> dict[str, Any]:
+    """Latency per batch size on evaluation images, and top-1 on the bundle's labelled sample."""
+    latency = latency or LatencySettings()
+    inputs, labels, names = _sample(b)
     rows = []
     for n in batches:
         reps = -(-n // len(inputs))
@@ -261,8 +298,5 @@ def bench(b: LoadedBundle, runner: Runner, artifact: Artifact, *, batches: Seque
     if artifact.simulated:  # said in the file too, not only on the terminal
         result["measured_on"] = "CPU simulation of the device model, not the device"
     if accuracy:
-        acc = score(predict(runner.run, inputs), labels, len(names))
-        built = next((r for r in b.report.results if r.artifact == artifact.path), None)
-        result["accuracy"] = {"images": len(labels), "top1": round(acc.top1, 6),
-                              "build_top1_same_images": built.sample_top1 if built else None}
+        result["accuracy"] = _accuracy(b, artifact, predict(runner.run, inputs), labels, names)
     return result

@@ -54,7 +54,19 @@ def export_onnx(model: nn.Module, path: Path, *, sample: np.ndarray, metadata: d
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             opset_version=opset, do_constant_folding=True, dynamo=False,
         )
-    proto, _ = fold_constants(onnx.load(str(path)))  # a static graph: no shape arithmetic left at run time
+    finish_onnx(onnx.load(str(path)), path, metadata=metadata)
+    return check_parity(model, path, sample)
+
+
+def finish_onnx(proto: Any, path: Path, *, metadata: dict[str, Any]) -> None:
+    """Fold constant subgraphs, record ``metadata`` (replacing entries of the same key), write ``proto`` to
+    ``path`` and run ``onnx.checker`` on it: the last steps of every FP32 ONNX the bundle carries."""
+    import onnx
+
+    proto, _ = fold_constants(proto)  # a static graph: no shape arithmetic left at run time
+    kept = [p for p in proto.metadata_props if p.key not in metadata]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key = key
@@ -65,7 +77,6 @@ def export_onnx(model: nn.Module, path: Path, *, sample: np.ndarray, metadata: d
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as err:
         raise VerificationError(f"The exported ONNX model failed onnx.checker: {err}") from None
-    return check_parity(model, path, sample)
 
 
 def run_onnx(path: Path, batch: np.ndarray) -> np.ndarray:
@@ -78,15 +89,19 @@ def run_onnx(path: Path, batch: np.ndarray) -> np.ndarray:
 def check_parity(model: nn.Module, path: Path, sample: np.ndarray) -> ExportCheck:
     with torch.inference_mode():
         ref = model(torch.from_numpy(sample)).numpy()
-    out = run_onnx(path, sample)
+    return compare_outputs(ref, run_onnx(path, sample), against="PyTorch")
+
+
+def compare_outputs(ref: np.ndarray, out: np.ndarray, *, against: str, opset: int = OPSET) -> ExportCheck:
+    """The written ONNX's logits ``out`` against the model it came from (``ref``); raise when they differ."""
     diff = float(np.abs(ref - out).max())
     same_top1 = bool((ref.argmax(1) == out.argmax(1)).all())
     if not (np.allclose(out, ref, atol=ATOL, rtol=RTOL) and same_top1):
         raise VerificationError(
-            f"ONNX export does not match PyTorch: max |diff| {diff:.3g} (atol {ATOL}, rtol {RTOL}), "
+            f"ONNX export does not match {against}: max |diff| {diff:.3g} (atol {ATOL}, rtol {RTOL}), "
             f"identical top-1: {same_top1}. Try another --opset or report the architecture."
         )
-    return ExportCheck(diff, same_top1, len(sample), OPSET)
+    return ExportCheck(diff, same_top1, len(ref), opset)
 
 
 def read_metadata(path: Path) -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -121,8 +122,13 @@ def verify_fold(original: nn.Module, folded: nn.Module, sample: Tensor, folded_l
     with torch.inference_mode():
         ref = original.eval()(sample)
         out = folded.eval()(sample)
-    diff = float((ref - out).abs().max())
-    check = FoldCheck(folded_layers, diff, float(ref.abs().max()), bool((ref.argmax(1) == out.argmax(1)).all()))
+    return compare_folded(ref.numpy(), out.numpy(), folded_layers)
+
+
+def compare_folded(ref: np.ndarray, out: np.ndarray, folded_layers: int) -> FoldCheck:
+    """The folded model's logits ``out`` against the original's ``ref``; raise if folding changed them."""
+    diff = float(np.abs(ref - out).max())
+    check = FoldCheck(folded_layers, diff, float(np.abs(ref).max()), bool((ref.argmax(1) == out.argmax(1)).all()))
     if not check.passed:
         raise VerificationError(
             f"BN folding changed the outputs: max |diff| {diff:.3g} is {check.relative:.3g} of the output scale "

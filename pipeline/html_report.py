@@ -15,8 +15,15 @@ import math
 from html import escape
 from typing import Any, Callable
 
-from resnet_deploy.pipeline.records import Reference, Report, ResultRow, Stage
-from resnet_deploy.pipeline.report import describe_checks
+from resnet_deploy.pipeline import fallback_report
+from resnet_deploy.pipeline.records import Gate, GateRow, Reference, Report, ResultRow, Stage
+from resnet_deploy.pipeline.report import (
+    describe_checks,
+    describe_gate,
+    describe_host,
+    describe_rules,
+    describe_settings,
+)
 
 # One colour per precision, the same in every plot.
 _COLOURS = {"fp32": "#4C72B0", "int8": "#DD8452", "fp16": "#55A868", "bf16": "#8172B3"}
@@ -32,7 +39,7 @@ main{max-width:1040px;margin:0 auto;padding:24px 28px 48px;background:#fff;min-h
 h1{font-size:24px;margin:0 0 12px}h2{font-size:18px;margin:28px 0 10px;border-bottom:1px solid #e3e5e8;
  padding-bottom:4px}
 .badge{display:inline-block;padding:2px 10px;border-radius:10px;font-size:13px;vertical-align:middle;color:#fff}
-.badge.passed{background:#2e7d32}.badge.failed{background:#c62828}
+.badge.passed{background:#2e7d32}.badge.failed{background:#c62828}.badge.unverified{background:#b26a00}
 dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 16px;margin:0}
 dl.facts dt{color:#5f6368}dl.facts dd{margin:0;word-break:break-all}
 table{border-collapse:collapse;width:100%;font-size:13px;margin:6px 0}
@@ -40,6 +47,8 @@ th,td{border-bottom:1px solid #e3e5e8;padding:4px 8px;text-align:right;white-spa
 th{background:#f1f3f5;font-weight:600}td.l,th.l{text-align:left}td.wrap{white-space:normal;min-width:7em;font-size:12px}
 tr.int8 td{background:#fff8f2}td.bad{color:#c62828;font-weight:600}
 .failure{background:#fdecea;border-left:4px solid #c62828;padding:6px 10px;margin:6px 0}
+.unverified{background:#fff4e0;border-left:4px solid #b26a00;padding:6px 10px;margin:6px 0}
+td.unsure{color:#b26a00;font-weight:600}td.up{background:#fdecea}td.down{background:#e8f0fb}
 .note{color:#5f6368;font-size:13px}
 figure{margin:8px 0}figure img{max-width:100%;height:auto;border:1px solid #eceef1}
 figcaption{color:#5f6368;font-size:12px}
@@ -58,25 +67,34 @@ def render_html(report: Report) -> str:
         plot = _png
     results = list(report.results)
     ref = report.reference
-    status = "passed" if report.gate.passed else "failed"
+    status = report.gate.status
     classes = list(report.preprocessing.get("class_names", []))
 
     parts = [_header(report, status)]
-    parts.append(_section("results", "Results per target", _results_table(results, ref)))
+    parts.append(_section("results", "Results per target", _results_table(results, ref, report.gate)))
+    parts.append(_section("verdict", "Verdict per INT8 row", _verdict(report.gate)))
+    parts.append(_section("settings", "Quantization settings", _settings(results)))
+    parts.append(_section("confusion", "Confusion-matrix difference: INT8 minus FP32",
+                          _confusion(report.gate, classes)))
     if plot is None:
         parts.append('<p class="note">Plots are missing: matplotlib is not installed '
                      "(<code>pip install resnet-deploy[build]</code>).</p>")
     else:
         parts.append(_section("accuracy", "Top-1: FP32 vs INT8", _figure(plot, _accuracy_plot, results, ref,
                               caption="Dashed line: the PyTorch FP32 reference every INT8 row is gated against.")))
-        sampled = any(r.samples_ms for r in results)
-        batches = sorted({r.batch for r in results})
-        lat_title = "Latency distribution" + (f" (batch {', '.join(map(str, batches))})" if batches else "")
+        timed = [r for r in results if r.latency_ms is not None]  # simulated rows are accuracy rows
+        sampled = any(r.samples_ms for r in timed)
+        batches = sorted({r.batch for r in timed})
+        devices = ", ".join(dict.fromkeys(r.measured_on for r in timed if r.measured_on))
+        lat_title = ("Latency distribution" + (f" (batch {', '.join(map(str, batches))})" if batches else "")
+                     + (f", measured on {devices}" if devices else ""))
         parts.append(_section("latency", lat_title, _figure(
-            plot, _latency_plot, results,
+            plot, _latency_plot, timed,
             caption=("Boxes: the raw per-call samples (whiskers at p1/p99); markers: p50, p90, p99."
                      if sampled else "p50, p90 and p99 of the per-call wall time; raw samples were not recorded."))))
         parts.append(_section("sizes", "Model sizes", _figure(plot, _size_plot, results)))
+    parts.append(_section("fallback", "Mixed-precision fallback and per-layer sensitivity", fallback_report.html(
+        report, None if plot is None else lambda draw, *a, caption="": _figure(plot, draw, *a, caption=caption))))
     parts.append(_section("per-class", "Per-class top-1: FP32 vs INT8", _per_class(plot, results, ref, classes)))
     parts.append(_section("stages", "Build stages", _stages(plot, list(report.stages))))
     parts.append(_section("checks", "Checks", _checks(report)))
@@ -104,42 +122,137 @@ def _header(report: Report, status: str) -> str:
         ("model", f"{model.arch}, {model.num_classes} classes, input "
                   f"{'x'.join(map(str, model.input_shape))}, from {model.source}"),
         ("reference", f"PyTorch FP32 top-1 {_pct(report.reference.top1)}"),
-        ("gate", f"INT8 at most {report.gate.max_drop} points below the reference: {status.upper()}"),
+        ("gate", f"{describe_gate(report.gate)}: {status.upper()}"),
         ("calibration", f"{data.calibration.count} images from {data.calibration.source}"),
         ("evaluation", f"{data.evaluation.count} images from {data.evaluation.source}"),
-        ("host", f"{host.cpu} ({host.platform})"),
+        *describe_host(host),
         ("created", report.created),
         ("build time", f"{report.wall_seconds:.1f} s"),
     ]
     dl = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in facts)
     failures = "".join(f'<div class="failure">Gate failure: {escape(f)}</div>' for f in report.gate.failures)
+    word = "Unverified" if status == "unverified" else "Evaluation"
+    failures += "".join(f'<div class="unverified">{word}: {escape(u)}</div>' for u in report.gate.unverified)
     return (f'<header><h1>resnet-deploy report: {escape(model.arch)} '
             f'<span class="badge {status}">{status.upper()}</span></h1>\n'
             f'<dl class="facts">{dl}</dl>{failures}</header>')
 
 
-def _results_table(results: list[ResultRow], ref: Reference) -> str:
+def _results_table(results: list[ResultRow], ref: Reference, gate: Gate) -> str:
+    """Measured rows with their timings (and the device that timed them); simulated rows apart, accuracy only."""
+    measured = [r for r in results if not r.simulated]
+    simulated = [r for r in results if r.simulated]
+    out = ""
+    if measured:
+        devices = ", ".join(dict.fromkeys(r.measured_on or "this machine" for r in measured))
+        out += (f'<p class="note">Measured on {escape(devices)}: p50/p90/p99 at batch 1, one request at a time; '
+                "img/s in the runtime's throughput mode (completed images over wall time).</p>"
+                + _rows_table(measured, ref, gate, timed=True))
+    if simulated:
+        out += ("<h3>Simulated on this machine's CPU: accuracy only</h3><p class=\"note\">The device's model run "
+                "here by a CPU runtime: its accuracy stands for the device's, its speed does not (build and time the "
+                "engine on the device: <code>resnet-deploy device-build</code>, then <code>bench</code>).</p>"
+                + _rows_table(simulated, ref, gate, timed=False))
+    return out
+
+
+def _rows_table(results: list[ResultRow], ref: Reference, gate: Gate, *, timed: bool) -> str:
+    timing = "<th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>img/s</th>" if timed else ""
     head = ("<tr><th class=l>target</th><th class=l>precision</th><th class=l>runtime</th><th>top-1</th>"
-            "<th>drop (pts)</th><th>agreement</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>img/s</th>"
-            "<th>size</th><th class=l>runner</th></tr>")
+            "<th>drop (pts)</th><th>drop 95% CI</th><th>McNemar p</th><th>agreement</th><th class=l>verdict</th>"
+            f"{timing}<th>size</th><th class=l>runner</th></tr>")
     rows = []
     for r in results:
         lat = r.latency_ms
         drop = (ref.top1 - r.top1) * 100
         sim = " (simulated on CPU)" if r.simulated else ""
+        g = gate.row(r.target, r.precision, r.simulated)
+        cells = (f'<td>{_ms(lat.p50)}</td><td>{_ms(lat.p90)}</td><td>{_ms(lat.p99)}</td>' if lat else
+                 "<td>-</td>" * 3) + f'<td>{_num(r.throughput_ips, "{:.0f}")}</td>' if timed else ""
+        failed = g.failed if g else ()
+        # The failed measure in red; an interval too wide for a verdict in amber.
+        wide = g is not None and g.status == "unverified" and (g.drop_high - g.drop_low) / 2 > gate.max_drop
+        ci = f"{g.drop_low:+.2f} to {g.drop_high:+.2f}" if g else "-"
         rows.append(
             f'<tr class="{escape(r.precision)}"><td class=l>{escape(r.target)}</td>'
             f'<td class="l wrap">{escape(r.precision)}{escape(sim)}</td>'
             f'<td class=l>{escape(r.runtime)}</td><td>{_pct(r.top1)}</td>'
-            f'<td>{drop:+.2f}</td><td>{_pct(r.agreement)}</td>'
-            f'<td>{_ms(lat.p50)}</td><td>{_ms(lat.p90)}</td><td>{_ms(lat.p99)}</td>'
-            f'<td>{_num(r.throughput_ips, "{:.0f}")}</td><td>{_size(r.bytes)}</td>'
+            f'<td{_cell("drop" in failed)}>{drop:+.2f}</td><td{" class=unsure" if wide else ""}>{ci}</td>'
+            f'<td>{_num(g.mcnemar_p, "{:.2g}") if g else "-"}</td>'
+            f'<td{_cell("agreement" in failed)}>{_pct(r.agreement)}</td>'
+            f'<td class=l>{escape(g.status.upper()) if g else "-"}</td>'
+            f'{cells}<td>{_size(r.bytes)}</td>'
             f'<td class="l wrap">{escape(r.runner)}</td></tr>'
         )
     notes = "".join(f"<li>{escape(r.target)} {escape(r.precision)}: {escape(r.note)}</li>"
                     for r in results if r.note)
     table = f'<div class="scroll"><table>{head}{"".join(rows)}</table></div>'
     return table + (f'<ul class="note">{notes}</ul>' if notes else "")
+
+
+def _cell(failed: bool) -> str:
+    return " class=bad" if failed else ""
+
+
+def _verdict(gate: Gate) -> str:
+    rules = f'<p class="note">{escape(describe_rules(gate))}</p>' if gate.rules else ""
+    if not gate.rows:
+        return rules + '<p class="note">No INT8 row was judged in this report.</p>'
+    head = ("<tr><th class=l>row</th><th class=l>verdict</th><th>images</th><th>drop (pts)</th><th>95% CI</th>"
+            "<th>McNemar p</th><th>only FP32 right</th><th>only INT8 right</th><th>agreement</th><th>95% CI</th>"
+            "<th>changed class</th><th class=l>reasons</th></tr>")
+    lines = []
+    for g in gate.rows:
+        reasons = "<br>".join(escape(r) for r in g.reasons) or "-"
+        lines.append(
+            f"<tr><td class=l>{escape(g.label)}</td><td class=l>{escape(g.status.upper())}</td><td>{g.images}</td>"
+            f"<td{_cell('drop' in g.failed)}>{g.drop:+.2f}</td><td>{g.drop_low:+.2f} to {g.drop_high:+.2f}</td>"
+            f"<td>{_num(g.mcnemar_p, '{:.2g}')}</td><td>{g.fp32_only_correct}</td><td>{g.int8_only_correct}</td>"
+            f"<td{_cell('agreement' in g.failed)}>{_pct(g.agreement)}</td>"
+            f"<td>{_pct(g.agreement_low)} to {_pct(g.agreement_high)}</td><td>{g.disagreements}</td>"
+            f'<td class="l wrap">{reasons}</td></tr>')
+    return rules + f'<div class="scroll"><table>{head}{"".join(lines)}</table></div>'
+
+
+def _settings(results: list[ResultRow]) -> str:
+    items = [(r.label, describe_settings(r.details)) for r in results if r.details]
+    if not items:
+        return '<p class="note">No target recorded its settings.</p>'
+    return "".join(f"<h3>{escape(label)}</h3><ul>" + "".join(f"<li><code>{escape(i)}</code></li>" for i in lines)
+                   + "</ul>" for label, lines in items)
+
+
+def _confusion(gate: Gate, classes: list[str]) -> str:
+    if not gate.rows:
+        return '<p class="note">No INT8 row was judged in this report.</p>'
+    note = ('<p class="note">Rows: the label; columns: the predicted class. Each cell is INT8\'s count minus '
+            "FP32's on the same images (red: more under INT8, blue: fewer); empty cells did not change.</p>")
+    return note + "".join(_confusion_table(g, classes) for g in gate.rows)
+
+
+def _confusion_table(g: GateRow, classes: list[str]) -> str:
+    title = f"<h3>{escape(g.label)}: {g.disagreements} image(s) changed class</h3>"
+    if not g.confusion_delta:
+        return title
+    used = sorted({c for t, p, _ in g.confusion_delta for c in (t, p)})
+
+    def name(c: int) -> str:
+        return classes[c] if 0 <= c < len(classes) else str(c)
+
+    if len(used) > _MAX_CLASS_BARS:  # too wide for a table: the cells that moved most
+        moved = "".join(f"<li>{escape(name(t))} &rarr; {escape(name(p))}: {d:+d}</li>"
+                        for t, p, d in g.confusion_delta[:40])
+        return title + f"<ul>{moved}</ul>"
+    delta = {(t, p): d for t, p, d in g.confusion_delta}
+    head = "<tr><th class=l>label \\ predicted</th>" + "".join(f"<th>{escape(name(c))}</th>" for c in used) + "</tr>"
+    body = []
+    for t in used:
+        cells = []
+        for p in used:
+            d = delta.get((t, p), 0)
+            cells.append(f'<td class={"up" if d > 0 else "down"}>{d:+d}</td>' if d else "<td></td>")
+        body.append(f"<tr><td class=l>{escape(name(t))}</td>{''.join(cells)}</tr>")
+    return title + f'<div class="scroll"><table>{head}{"".join(body)}</table></div>'
 
 
 def _per_class(plot, results: list[ResultRow], ref: Reference, classes: list[str]) -> str:

@@ -1,7 +1,9 @@
-"""One latency harness for every target, so figures are comparable (trtexec / benchmark_app style).
+"""One latency harness and one throughput harness for every target, so figures are comparable.
 
-Warm-up first, then timed synchronous calls until both a minimum count and a minimum time are
-reached (or a maximum count); percentiles over per-call wall times, throughput = images / second.
+Latency (trtexec / benchmark_app -hint latency style): warm-up, then timed synchronous calls until both
+a minimum count and a minimum time are reached (or a maximum count); percentiles over per-call wall
+times. Throughput (benchmark_app -hint throughput style): the runtime's own parallel requests kept busy,
+images/s = completed images over the wall time of the run, never batch / mean latency.
 No torch here: the on-device ``bench`` uses it too.
 """
 
@@ -26,7 +28,6 @@ class LatencySettings:
             raise ValueError("latency settings: need warmup >= 0 and 1 <= min_iterations <= max_iterations")
 
 
-
 @dataclass(frozen=True)
 class LatencyStats:
     batch: int
@@ -47,11 +48,14 @@ class LatencyStats:
                 "latency_ms": {k: round(v, 4) for k, v in d.items()}}
 
     @classmethod
-    def from_times(cls, times_s: list[float] | np.ndarray, batch: int) -> LatencyStats:
+    def from_times(cls, times_s: list[float] | np.ndarray, batch: int, *, wall_s: float | None = None) -> LatencyStats:
+        """``throughput_ips``: the images of every call over ``wall_s``, the wall time of the run (the sum of
+        the call times when not given)."""
         ms = np.asarray(times_s, dtype=np.float64) * 1e3
         p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+        wall = wall_s if wall_s else float(ms.sum()) / 1e3
         return cls(batch, len(ms), float(p50), float(p90), float(p99), float(ms.mean()), float(ms.min()),
-                   batch * 1e3 / float(ms.mean()), tuple(ms.tolist()))
+                   batch * len(ms) / wall, tuple(ms.tolist()))
 
 
 def measure(run: Callable[[np.ndarray], object], batch: np.ndarray, settings: LatencySettings = LatencySettings()
@@ -68,4 +72,40 @@ def measure(run: Callable[[np.ndarray], object], batch: np.ndarray, settings: La
         times.append(clock() - t0)
         if len(times) >= settings.min_iterations and clock() - start >= settings.min_seconds:
             break
-    return LatencyStats.from_times(times, len(batch))
+    return LatencyStats.from_times(times, len(batch), wall_s=clock() - start)
+
+
+@dataclass(frozen=True)
+class ThroughputStats:
+    """One throughput run: ``images`` completed in ``seconds`` of wall time with ``requests`` in flight."""
+
+    images: int
+    seconds: float
+    requests: int
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {"images": self.images, "seconds": round(self.seconds, 3), "requests": self.requests,
+                "throughput_ips": round(self.images_per_second, 2)}
+
+
+def measure_throughput(run_many: Callable[[np.ndarray], object], images: np.ndarray,
+                       settings: LatencySettings = LatencySettings(), *, requests: int = 1) -> ThroughputStats:
+    """Images/s of ``run_many`` (a runner in its runtime's throughput mode) on ``images``: one warm-up pass
+    (when ``settings.warmup``), then passes over ``images`` until at least ``min_iterations`` images and
+    ``min_seconds`` are done, or ``max_iterations`` images. Make ``images`` many times ``requests`` long:
+    each pass ends by waiting for its last requests."""
+    if settings.warmup:
+        run_many(images)
+    clock = time.perf_counter
+    done = 0
+    start = clock()
+    while True:
+        run_many(images)
+        done += len(images)
+        elapsed = clock() - start
+        if done >= settings.max_iterations or (done >= settings.min_iterations and elapsed >= settings.min_seconds):
+            return ThroughputStats(done, elapsed, requests)

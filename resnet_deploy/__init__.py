@@ -5,3 +5,7 @@ that need them, so `resnet-deploy --help` and the on-device path work without th
 """
 
 __version__ = "0.1.0"
+
+from resnet_deploy.api import Bundle, build, load_bundle  # cheap: the rest is imported when called
+
+__all__ = ["Bundle", "__version__", "build", "load_bundle"]

@@ -41,6 +41,18 @@ class GateFailed(ResnetDeployError):
         self.out = out
 
 
+class GateUnverified(ResnetDeployError):
+    """No INT8 row failed, but the evaluation cannot support a verdict (too few images for --max-drop, FP32
+    not clearly above chance, one class taking most predictions, fewer than 2 classes); the bundle is at
+    ``out``, its report marked unverified."""
+
+    exit_code = 5
+
+    def __init__(self, out, message: str) -> None:
+        super().__init__(message)
+        self.out = out
+
+
 class BundleError(ResnetDeployError):
     """A deployment bundle is missing files, was tampered with, or cannot run here."""
 

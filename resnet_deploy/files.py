@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import filecmp
 import hashlib
+import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -25,3 +27,21 @@ def stored_once(path: Path, candidates: Iterable[Path]) -> Path:
             path.unlink()
             return other
     return path
+
+
+def umask() -> int:
+    """This process's umask (read by setting it and putting it back: there is no other portable way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def as_newly_created(path: Path) -> None:
+    """Give ``path`` the mode a plain ``open(path, "w")`` gives (0644 under the usual umask, execute bits kept
+    where it had them): some writers make files 0600 (safetensors' ``save_file``, whatever the umask),
+    and a published file should read like its neighbours."""
+    mode = path.stat().st_mode
+    wanted = 0o666 | (0o111 if mode & stat.S_IXUSR else 0)
+    wanted &= ~umask()
+    if stat.S_IMODE(mode) != wanted:
+        path.chmod(wanted)

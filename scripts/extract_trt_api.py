@@ -21,12 +21,12 @@ import sys
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
-# What the product's TensorRT layer touches (targets/_trt_engine.py, targets/_trt_runner.py), plus the
+# What the product's TensorRT layer touches (targets/tensorrt/engine.py, runner.py), plus the
 # bases those classes inherit members from; the rest of the module is listed by name only.
 KEEP_CLASSES = (
     "ILogger", "Logger", "Builder", "INetworkDefinition", "OnnxParser", "ParserError", "IBuilderConfig",
     "IOptimizationProfile", "ITimingCache", "IHostMemory", "Runtime", "ICudaEngine", "IExecutionContext",
-    "IInt8Calibrator", "IInt8EntropyCalibrator2", "Dims",
+    "IInt8Calibrator", "IInt8EntropyCalibrator2", "Dims", "ILayer",
 )
 KEEP_ENUMS = (
     "BuilderFlag", "MemoryPoolType", "NetworkDefinitionCreationFlag", "DeviceType", "TensorIOMode",

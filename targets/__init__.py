@@ -22,6 +22,7 @@ from resnet_deploy.targets.base import (
     Runner,
     Runtime,
     Target,
+    ThroughputRunner,
     option_fields,
 )
 
@@ -163,6 +164,13 @@ def onnx_session(model: Path | bytes, *, threads: int | None = None) -> Any:
     return ort_session(model, threads=threads)
 
 
+def onnx_session_runtime() -> Runtime:
+    """The runtime behind ``onnx_session``, for records that say what ran (the FP32 reference of an ONNX input)."""
+    from resnet_deploy.targets.onnxruntime import RUNTIME
+
+    return RUNTIME
+
+
 __all__ = ["GROUP", "PLUGIN_API", "Artifact", "CompileInput", "DeviceBuild", "Runner", "Runtime", "Target",
-           "broken", "canonical", "expand", "get_target", "list_targets", "onnx_session", "option_owners",
-           "register", "runtimes", "unregister"]
+           "ThroughputRunner", "broken", "canonical", "expand", "get_target", "list_targets", "onnx_session",
+           "onnx_session_runtime", "option_owners", "register", "runtimes", "unregister"]

@@ -1,4 +1,4 @@
-"""The plug-in interface every deployment target implements (``PLUGIN_API`` 1).
+"""The plug-in interface every deployment target implements (``PLUGIN_API`` 2).
 
 A target says what it needs to build here and which runtimes load its artifacts on a device, turns
 the BN-folded FP32 ONNX plus calibration images into artifacts, loads an artifact as a runner, and
@@ -24,7 +24,9 @@ from resnet_deploy.errors import ConfigError, DependencyError
 
 # The hooks a target may implement, by API version. A plug-in declares the version it was written
 # for; newer hooks have defaults, so a version-1 plug-in keeps working when version 2 adds some.
-PLUGIN_API = 1
+# 2: ``Target.load_throughput`` (default: ``load(hint="throughput")``, one request at a time);
+#    ``Target.notices`` and ``Target.simulated_by`` (default: none).
+PLUGIN_API = 2
 
 
 class Runner(Protocol):
@@ -33,6 +35,30 @@ class Runner(Protocol):
     description: str
 
     def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+class ThroughputRunner(Protocol):
+    """A model loaded in its runtime's throughput mode: ``requests`` inferences in flight at once (a
+    runtime's streams, concurrent runs), so images/s is what the runtime's own benchmark tool reports."""
+
+    description: str
+    requests: int
+
+    def run_many(self, batch: np.ndarray) -> np.ndarray:
+        """Logits (N, classes) for every image of ``batch`` (NCHW float32), in order."""
+
+
+class OneRequestAtATime:
+    """The throughput mode of a runtime that has none of its own: ``run`` on the whole batch."""
+
+    requests = 1
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.description = runner.description
+
+    def run_many(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.runner.run(batch))
 
 
 @dataclass(frozen=True)
@@ -138,6 +164,38 @@ def option_fields(options_type: type | None) -> tuple[dataclasses.Field, ...]:
     return tuple(dataclasses.fields(options_type))
 
 
+AUTO_METHOD = "auto"  # every calibration method of a target; the best top-1 agreement with FP32 on calibration images
+
+
+def calib_method_flag() -> Any:
+    """The ``--calib-method`` field every quantizing target declares the same way (so the flag is shared)."""
+    return field(default=None, metadata={
+        "help": "Activation range rule: auto (each of the target's methods, the best agreement with FP32 on "
+                "calibration images wins) or one of the target's methods (README); TARGET=METHOD,... per target.",
+        "type": str})
+
+
+def calib_method(raw: Any, *, target: str, methods: Sequence[str], default: str) -> str:
+    """This target's ``--calib-method``: ``auto``, one of ``methods``, or a ``target=method,...`` list (a target
+    the list leaves out keeps ``default``). ConfigError names the flag, the target and its methods."""
+    if raw is None or raw == "":
+        return default
+    text = str(raw).strip()
+    choice: str | None = text
+    if "=" in text:
+        pairs = [p.partition("=") for p in text.split(",") if p.strip()]
+        if any(not sep or not name.strip() or not value.strip() for name, sep, value in pairs):
+            raise ConfigError(f"--calib-method {text!r}: give one method for every target, or TARGET=METHOD pairs "
+                              "separated by commas (openvino=max,onnxruntime=entropy).")
+        choice = next((value.strip() for name, _, value in pairs if name.strip().lower() == target), None)
+    if choice is None:
+        return default
+    if choice.lower() not in (AUTO_METHOD, *methods):
+        raise ConfigError(f"--calib-method {choice!r} is not a method of --target {target}: choose {AUTO_METHOD} or "
+                          f"one of {', '.join(methods)} (TARGET=METHOD,... sets it per target).")
+    return choice.lower()
+
+
 class Target(ABC):
     """A deployment target. Subclasses set ``name``, ``summary``, ``runtimes`` and implement ``compile``
     and ``load``; every other hook has a default meaning "not offered"."""
@@ -156,6 +214,9 @@ class Target(ABC):
     device_options: ClassVar[type | None] = None
     # Whether ``compile`` honours ``CompileInput.float_layers`` (layers kept in float).
     float_layers: ClassVar[bool] = False
+    # Names of the ``runtimes`` that only run a CPU simulation of this target's models (accuracy, not the
+    # device's speed): with only those present, ``resnet-deploy targets`` says the target's runtime is missing.
+    simulated_by: ClassVar[tuple[str, ...]] = ()
 
     # --- what it needs -----------------------------------------------------------------------------
 
@@ -201,6 +262,11 @@ class Target(ABC):
 
     # --- optional hooks (API 1) ------------------------------------------------------------------------
 
+    def load_throughput(self, artifact: Artifact, bundle: Path, *, threads: int | None = None) -> ThroughputRunner:
+        """(API 2) A runner in the runtime's throughput mode, for accuracy passes over many images and for
+        images/s. The default runs ``load(hint="throughput")`` one request at a time."""
+        return OneRequestAtATime(self.load(artifact, bundle, threads=threads, hint="throughput"))
+
     def has_device_build(self, bundle: Path) -> bool:
         """Whether ``bundle`` holds something ``device_build`` can build on this device."""
         return False
@@ -218,6 +284,11 @@ class Target(ABC):
 
     def profiles(self) -> Sequence[tuple[str, str]]:
         """Device profiles, as (name, one-line description), for ``resnet-deploy devices``."""
+        return ()
+
+    def notices(self, raw: Mapping[str, Any]) -> Sequence[str]:
+        """(API 2) What a person must know about the raw flag values before a build starts, such as a default
+        this target chose for a flag left out (a device profile); ``build`` shows each as a warning."""
         return ()
 
     def host_facts(self, artifact: Artifact) -> Mapping[str, Any]:

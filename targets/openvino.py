@@ -6,18 +6,32 @@ Settings chosen by measurement (figures: benchmarks/results/README.md, "targets/
 - One static-shape model compiled per batch size (the IR keeps a free batch): dynamic was never faster.
 - NNCF's defaults (performance preset, fast bias correction): "mixed" or full correction was no better.
 - Threads: all cores (the plugin's default) unless ``threads`` says otherwise.
+- Throughput (validation passes, ``bench --hint throughput``): as ``benchmark_app -hint throughput`` runs it,
+  the hint's streams and its optimal number of requests in an ``AsyncInferQueue``, one image each.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from resnet_deploy.calibration.agreement import AGREEMENT_IMAGES, agreement, best, predictions
 from resnet_deploy.calibration.preprocess import Preprocessing
-from resnet_deploy.errors import DependencyError
-from resnet_deploy.targets.base import Artifact, CompileInput, Runner, Runtime, Target
+from resnet_deploy.errors import DependencyError, VerificationError
+from resnet_deploy.targets.base import (
+    AUTO_METHOD,
+    Artifact,
+    CompileInput,
+    Runner,
+    Runtime,
+    Target,
+    ThroughputRunner,
+    calib_method,
+    calib_method_flag,
+)
 
 # Distinct batch sizes compiled with a static shape; beyond this, one shape-agnostic compile serves the rest.
 _MAX_STATIC_BATCHES = 4
@@ -81,21 +95,129 @@ class OvRunner:
         return np.asarray(result[compiled.output(0)])
 
 
+class OvThroughputRunner:
+    """OpenVINO's throughput mode as ``benchmark_app -hint throughput`` runs it: the THROUGHPUT hint picks the
+    streams, an ``AsyncInferQueue`` keeps the plugin's optimal number of requests in flight, one image each
+    on a batch-1 model (f32 inference precision and no pinning, as ``OvRunner``)."""
+
+    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+        import openvino as ov
+
+        core = shared_core()
+        model = core.read_model(str(path))
+        dims = list(model.input(0).get_partial_shape())
+        if all(d.is_static for d in dims[1:]):
+            model.reshape([1, *(d.get_length() for d in dims[1:])])
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32",
+                                  "ENABLE_CPU_PINNING": False}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self.queue = ov.AsyncInferQueue(self.compiled, self.requests)
+        self.queue.set_callback(self._done)
+        self._out: list[Any] = []
+        streams = self.compiled.get_property("NUM_STREAMS")
+        self.description = (f"openvino {ov.get_version().split('-')[0]} CPU (throughput hint: {streams} streams, "
+                            f"{self.requests} requests in flight)")
+
+    def _done(self, request: Any, index: int) -> None:
+        self._out[index] = request.get_output_tensor(0).data[0].copy()  # the request's buffer is reused
+
+    def run_many(self, batch: np.ndarray) -> np.ndarray:
+        self._out = [None] * len(batch)
+        for i in range(len(batch)):
+            self.queue.start_async({0: batch[i : i + 1]}, i)  # waits while every request is busy
+        self.queue.wait_all()
+        return np.stack(self._out)
+
+
+# --calib-method: NNCF's activation range estimators by our names. NNCF's default for per-tensor activations is
+# the mean over images of each image's min/max ("mean_max"), which clips an outlier that only some images reach.
+CALIB_METHODS = ("mean_max", "max", "quantile", "histogram")
+DEFAULT_CALIB_METHOD = "mean_max"
+_ESTIMATORS = {"mean_max": "MEAN_MINMAX", "max": "MINMAX", "quantile": "MEAN_QUANTILE", "histogram": "HISTOGRAM"}
+_WEIGHTED_OPS = ("Convolution", "GroupConvolution", "MatMul")
+
+
+@dataclass(frozen=True)
+class OvFlags:
+    """``build`` flags of ``--target openvino``."""
+
+    calib_method: str | None = calib_method_flag()
+
+
+def ir_layer_names(model, layers: Sequence[str]) -> list[str]:
+    """NNCF ``ignored_scope`` names for ``layers`` (ONNX node names): the IR's Convolution/MatMul op of each.
+
+    The ONNX frontend names a layer's weighted op after the ONNX node, with ``/WithoutBiases`` when the
+    bias became a separate Add (which then carries the plain name)."""
+    ops = [op for op in model.get_ordered_ops() if op.get_type_name() in _WEIGHTED_OPS]
+    out = []
+    for layer in layers:
+        found = [op.get_friendly_name() for op in ops
+                 if op.get_friendly_name() in (layer, f"{layer}/WithoutBiases")]
+        if not found:
+            raise VerificationError(f"The OpenVINO IR has no Convolution or MatMul named after the ONNX layer "
+                                    f"{layer!r}; it cannot be kept in float there.")
+        out += found
+    return out
+
+
 def nncf_quantize(fp32_xml: Path, out: Path, calibration: np.ndarray, *, preset: str = "performance",
-                  fast_bias_correction: bool = True) -> dict[str, Any]:
-    """NNCF PTQ of an OpenVINO IR with our calibration images; writes ``out`` (.xml + .bin)."""
+                  fast_bias_correction: bool = True, method: str = DEFAULT_CALIB_METHOD,
+                  float_layers: Sequence[str] = ()) -> dict[str, Any]:
+    """NNCF PTQ of an OpenVINO IR with our calibration images, ``float_layers`` (ONNX node names) left out by
+    NNCF's ignored scope; writes ``out`` (.xml + .bin)."""
     import nncf
     import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     model = shared_core().read_model(str(fp32_xml))
     dataset = nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))])
+    ignored = ir_layer_names(model, float_layers)
+    extra: dict[str, Any] = {}
+    if ignored:
+        extra["ignored_scope"] = nncf.IgnoredScope(names=ignored)
+    if method != DEFAULT_CALIB_METHOD:
+        extra["advanced_parameters"] = AdvancedQuantizationParameters(
+            activations_range_estimator_params=getattr(RangeEstimatorParametersSet, _ESTIMATORS[method]))
     quantized = nncf.quantize(
         model, dataset, subset_size=len(calibration), target_device=nncf.TargetDevice.CPU,
-        preset=nncf.QuantizationPreset(preset), fast_bias_correction=fast_bias_correction,
+        preset=nncf.QuantizationPreset(preset), fast_bias_correction=fast_bias_correction, **extra,
     )
     ov.save_model(quantized, str(out), compress_to_fp16=False)
     return {"tool": f"nncf {nncf.__version__}", "preset": preset, "fast_bias_correction": fast_bias_correction,
-            "calibration_images": len(calibration)}
+            "calib_method": method, "activations_range_estimator": _ESTIMATORS[method],
+            "calibration_images": len(calibration),
+            **({"float_layers": list(float_layers), "ignored_scope": ignored} if float_layers else {})}
+
+
+def quantize_int8(fp32_xml: Path, out: Path, calibration: np.ndarray, *, method: str,
+                  float_layers: Sequence[str] = ()) -> dict[str, Any]:
+    """``nncf_quantize`` with one of ``CALIB_METHODS``, or with each ("auto"), keeping the IR that agrees best
+    with FP32 on the calibration images."""
+    if method != AUTO_METHOD:
+        return nncf_quantize(fp32_xml, out, calibration, method=method, float_layers=float_layers)
+    check = calibration[:AGREEMENT_IMAGES]
+    reference = predictions(OvRunner(fp32_xml).run, check)
+    scores: dict[str, float] = {}
+    settings: dict[str, dict[str, Any]] = {}
+    for name in CALIB_METHODS:
+        candidate = out.with_name(f"{out.stem}.{name}.xml")
+        settings[name] = nncf_quantize(fp32_xml, candidate, calibration, method=name, float_layers=float_layers)
+        scores[name] = agreement(reference, OvRunner(candidate).run, check)
+    chosen = best(scores, CALIB_METHODS)
+    for name in CALIB_METHODS:
+        for suffix in (".xml", ".bin"):
+            candidate = out.with_name(f"{out.stem}.{name}{suffix}")
+            if name == chosen:
+                candidate.replace(out.with_suffix(suffix))
+            else:
+                candidate.unlink(missing_ok=True)
+    return {**settings[chosen], "calib_method": AUTO_METHOD, "calib_method_candidates": scores,
+            "activations_range_estimator": _ESTIMATORS[chosen]}
 
 
 RUNTIME = Runtime("openvino", "openvino", "pip install openvino", preference=200, packages=("openvino", "nncf"),
@@ -108,17 +230,26 @@ class OpenVINOTarget(Target):
     summary = "OpenVINO CPU: FP32 IR and NNCF post-training INT8 IR"
     runtimes = (RUNTIME,)
     build_requires: ClassVar[Mapping[str, str]] = {"openvino": "openvino", "nncf": "nncf"}
+    options = OvFlags
+    float_layers = True  # NNCF's ignored scope (see ``ir_layer_names``)
+
+    def parse_options(self, raw: Mapping[str, Any]) -> OvFlags:
+        return OvFlags(calib_method=calib_method(raw.get("calib_method"), target=self.name, methods=CALIB_METHODS,
+                                                 default=DEFAULT_CALIB_METHOD))
 
     def compile(self, inp: CompileInput, bundle: Path) -> list[Artifact]:
         self.ensure_available()
         import openvino as ov
+
+        opts = inp.options if isinstance(inp.options, OvFlags) else self.parse_options({})
 
         folder = bundle / self.name
         folder.mkdir(parents=True, exist_ok=True)
         fp32 = folder / "model_fp32.xml"
         ov.save_model(ov.convert_model(str(inp.fp32_onnx)), str(fp32), compress_to_fp16=False)
         int8 = folder / "model_int8.xml"
-        settings = nncf_quantize(fp32, int8, inp.calibration)
+        settings = quantize_int8(fp32, int8, inp.calibration, method=opts.calib_method or DEFAULT_CALIB_METHOD,
+                                 float_layers=inp.float_layers)
         return [
             Artifact(self.name, "fp32", str(fp32.relative_to(bundle)), RUNTIME.name,
                      files=(str(fp32.with_suffix(".bin").relative_to(bundle)),)),
@@ -132,6 +263,11 @@ class OpenVINOTarget(Target):
         if not RUNTIME.present():
             raise DependencyError(f"{artifact.path} needs OpenVINO, which is not installed: {RUNTIME.install}.")
         return OvRunner(bundle / artifact.path, threads=threads, hint=(hint or "latency").upper())
+
+    def load_throughput(self, artifact: Artifact, bundle: Path, *, threads: int | None = None) -> ThroughputRunner:
+        if not RUNTIME.present():
+            raise DependencyError(f"{artifact.path} needs OpenVINO, which is not installed: {RUNTIME.install}.")
+        return OvThroughputRunner(bundle / artifact.path, threads=threads)
 
     def serving_configs(self, bundle: Path, artifacts: Sequence[Artifact], prep: Preprocessing,
                         num_classes: int) -> list[Path]:

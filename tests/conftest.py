@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import gzip
+import os
+import shutil
 import struct
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
+from filelock import FileLock
 from torch import nn
 
 from resnet_deploy.calibration.sources import fashion_mnist_dir
@@ -31,6 +36,43 @@ def fashion_mnist() -> Path:
     if folder is None:
         pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
     return folder
+
+
+# The one real bundle most tests read: the embedded default for both CPU targets and the simulated Jetson
+# (xavier-nx, for its DLA), on 1,000 evaluation and 200 calibration images, with short latency runs.
+SHARED_BUILD = ("--target", "openvino", "--target", "onnxruntime", "--target", "jetson", "--device", "xavier-nx",
+                "--eval-samples", "1000", "--calib-samples", "200", "--latency-seconds", "0.05")
+
+
+@pytest.fixture(scope="session")
+def shared_bundle(tmp_path_factory, fashion_mnist) -> Iterator[Path]:
+    """``SHARED_BUILD``, made once per test session by whichever pytest-xdist worker asks first, then read by
+    all: a test that changes a bundle takes ``bundle_copy``. Checked against its manifest at the end, so a
+    test that wrote into it fails the session."""
+    from resnet_deploy.cli import main
+    from resnet_deploy.pipeline.bundle import verify_bundle
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this session
+    out = root / "shared-bundle"
+    with FileLock(str(root / "shared-bundle.lock")):
+        if not (out / "manifest.json").is_file():
+            result = CliRunner().invoke(main, ["build", *SHARED_BUILD, "--out", str(out), "-q"])
+            assert result.exit_code == 0, result.output
+    yield out
+    verify_bundle(out)
+
+
+@pytest.fixture(scope="session")
+def shared_build_flags() -> tuple[str, ...]:
+    return SHARED_BUILD
+
+
+@pytest.fixture()
+def bundle_copy(shared_bundle, tmp_path) -> Path:
+    """A private copy of the shared bundle, to change."""
+    return Path(shutil.copytree(shared_bundle, tmp_path / "bundle", symlinks=True))
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +111,24 @@ def randomize_bn(model: nn.Module, *, seed: int = 0) -> nn.Module:
                 m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
                 m.bias.copy_(torch.randn(c, generator=gen) * 0.1)
     return model
+
+
+@pytest.fixture(scope="session")
+def hard_checkpoint(tmp_path_factory) -> Path:
+    """scripts/make_hard_model.py's model, made from the embedded checkpoint: one outlier channel in layer2.1,
+    compensated in the next convolution so FP32 is unchanged (tests/test_hard_model.py checks that)."""
+    import importlib.util
+
+    from resnet_deploy.pipeline.checkpoint import load_model, save_safetensors
+    from resnet_deploy.pipeline.settings import EMBEDDED_MODEL
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "make_hard_model.py"
+    spec = importlib.util.spec_from_file_location("make_hard_model", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    loaded = load_model(EMBEDDED_MODEL)
+    path = tmp_path_factory.mktemp("hard") / "hard.safetensors"
+    save_safetensors(path, module.make_hard(loaded.model), {**loaded.meta, "hard_model": {
+        "block": module.BLOCK, "channel": module.CHANNEL, "factor": module.FACTOR}})
+    return path

@@ -16,13 +16,9 @@ from resnet_deploy.pipeline.settings import EMBEDDED_MODEL
 
 
 @pytest.fixture(scope="module")
-def cpu_bundle(tmp_path_factory, fashion_mnist) -> Path:
-    """One real build shared by the tests below: 1000 test images, 200 calibration images."""
-    out = tmp_path_factory.mktemp("bundle") / "demo"
-    result = CliRunner().invoke(main, ["build", "--target", "openvino", "--target", "onnxruntime", "--out", str(out),
-                                       "--eval-samples", "1000", "--calib-samples", "200", "-q"])
-    assert result.exit_code == 0, result.output
-    return out
+def cpu_bundle(shared_bundle) -> Path:
+    """The session's shared build (tests/conftest.py SHARED_BUILD): 1000 test images, 200 calibration images."""
+    return shared_bundle
 
 
 def test_embedded_model_ships_inside_the_package():
@@ -36,14 +32,16 @@ def test_report_has_the_documented_fields(cpu_bundle):
     assert report["reference"]["framework"] == "pytorch" and report["reference"]["precision"] == "fp32"
     assert 0.85 < report["reference"]["top1"] <= 1.0
     rows = {(r["target"], r["precision"]): r for r in report["results"]}
-    assert set(rows) == {("openvino", "fp32"), ("openvino", "int8"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")}
+    assert {("openvino", "fp32"), ("openvino", "int8"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
+            ("jetson", "int8")} <= set(rows)
     for row in rows.values():
         assert 0 <= row["top1"] <= 1 and 0 <= row["agreement"] <= 1
-        lat = row["latency_ms"]
-        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
-        assert row["throughput_ips"] > 0
         assert (cpu_bundle / row["artifact"]).is_file() and row["bytes"] > 0
-    assert report["gate"] == {"max_drop": 1.0, "passed": True, "failures": []}
+        if not row["simulated"]:  # a CPU simulation is an accuracy row: its speed is not the device's
+            lat = row["latency_ms"]
+            assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+            assert row["throughput_ips"] > 0
+    assert report["status"] == "passed"
     assert [s["name"] for s in report["stages"]][:4] == ["load", "data", "fold", "export"]
 
 
@@ -74,7 +72,7 @@ def test_manifest_lists_every_file_with_its_hash(cpu_bundle):
         assert info["sha256"] == sha256_file(cpu_bundle / rel)
     assert {"torch", "onnx", "onnxruntime", "openvino", "nncf", "python"} <= set(manifest["versions"])
     assert manifest["calibration"]["count"] == 200 and len(manifest["calibration"]["sha256"]) == 64
-    assert manifest["seed"] == 0 and manifest["args"]["targets"] == ["openvino", "onnxruntime"]
+    assert manifest["seed"] == 0 and manifest["args"]["targets"] == ["openvino", "onnxruntime", "jetson"]
 
 
 def test_onnx_carries_its_preprocessing(cpu_bundle):
@@ -112,12 +110,12 @@ def test_bench_reproduces_the_build_accuracy_on_the_bundled_sample(cpu_bundle, t
     assert acc["top1"] == pytest.approx(acc["build_top1_same_images"], abs=1e-9)
 
 
-def test_rebuilding_replaces_the_bundle_whole(cpu_bundle, tmp_path):
+def test_rebuilding_replaces_the_bundle_whole(tmp_path, fashion_mnist):
     """A second build into an existing bundle folder swaps it; a file the old one did not write needs --force,
     then nothing of the old one lingers."""
     out = tmp_path / "b"
-    args = ["build", "--target", "onnxruntime", "--out", str(out), "--eval-samples", "100",
-            "--calib-samples", "20", "-q"]
+    args = ["build", "--target", "onnxruntime", "--out", str(out), "--eval-samples", "1000",
+            "--calib-samples", "20", "--latency-seconds", "0", "-q"]
     assert CliRunner().invoke(main, args).exit_code == 0
     assert CliRunner().invoke(main, args).exit_code == 0  # a bundle of ours alone is replaced without --force
     (out / "stale.txt").write_text("old")

@@ -168,10 +168,11 @@ def test_missing_runtime_names_the_package(monkeypatch, out):
 def test_gate_failure_writes_a_failed_report_and_exits_non_zero(monkeypatch, tmp_path, fashion_mnist):
     from resnet_deploy.pipeline import build as build_mod
 
-    monkeypatch.setattr(build_mod, "gate", lambda ref, rows, max_drop: Gate(max_drop, False,
-                                                                             ("onnxruntime int8: forced",)))
+    monkeypatch.setattr(build_mod, "gate", lambda rows, preds, *, max_drop, **_: Gate(max_drop, False,
+                                                                                        ("onnxruntime int8: forced",)))
     out = tmp_path / "failed"
-    result = run("build", "--target", "onnxruntime", "--out", str(out), "--eval-samples", "50", "--calib-samples", "10")
+    result = run("build", "--target", "onnxruntime", "--out", str(out), "--eval-samples", "50", "--calib-samples", "10",
+                 "--latency-seconds", "0")
     assert_clean_failure(result, "gate failed", "forced", code=4)
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "failed" and report["gate"]["passed"] is False
@@ -185,7 +186,8 @@ def test_interrupted_build_leaves_nothing(monkeypatch, out, fashion_mnist):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(build_mod, "validate_stage", interrupt)
-    result = run("build", "--target", "onnxruntime", "--out", str(out), "--eval-samples", "50", "--calib-samples", "10")
+    result = run("build", "--target", "onnxruntime", "--out", str(out), "--eval-samples", "50", "--calib-samples", "10",
+                 "--latency-seconds", "0")
     assert_clean_failure(result, "interrupted", code=130)
 
 
@@ -202,9 +204,9 @@ def test_gate_failure_with_json_prints_the_failed_report(monkeypatch, tmp_path, 
     from resnet_deploy.pipeline import build as build_mod
 
     monkeypatch.chdir(tmp_path)  # default --out (build/<arch>-<target>) lands here
-    monkeypatch.setattr(build_mod, "gate", lambda ref, rows, max_drop: Gate(max_drop, False, ("forced",)))
+    monkeypatch.setattr(build_mod, "gate", lambda rows, preds, *, max_drop, **_: Gate(max_drop, False, ("forced",)))
     result = CliRunner().invoke(main, ["build", "--target", "onnxruntime", "--eval-samples", "50",
-                                                       "--calib-samples", "10", "--json"])
+                                                       "--calib-samples", "10", "--latency-seconds", "0", "--json"])
     assert result.exit_code == 4
     assert json.loads(result.stdout)["status"] == "failed"
 

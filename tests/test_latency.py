@@ -7,7 +7,18 @@ import pytest
 
 from resnet_deploy.pipeline.evaluate import score
 from resnet_deploy.pipeline.latency import LatencySettings, LatencyStats, measure
-from resnet_deploy.pipeline.records import DataInfo, DataSet, Host, Latency, ModelInfo, Reference, Report, ResultRow
+from resnet_deploy.pipeline.predictions import Predictions, RowPredictions
+from resnet_deploy.pipeline.records import (
+    DataInfo,
+    DataSet,
+    Gate,
+    Host,
+    Latency,
+    ModelInfo,
+    Reference,
+    Report,
+    ResultRow,
+)
 from resnet_deploy.pipeline.report import gate, render_markdown
 
 
@@ -49,16 +60,28 @@ def _row(target, precision, top1):
 
 
 def test_gate_counts_only_int8_rows_and_uses_points():
+    labels = np.arange(10_000) % 10
+
+    def wrong(count: int, start: int = 0) -> np.ndarray:  # FP32 (91 % top-1) with more images answered wrong
+        out = labels.copy()
+        out[:900] = (out[:900] + 1) % 10
+        out[start:start + count] = (labels[start:start + count] + 1) % 10
+        return out
+
     rows = [_row("a", "fp32", 0.80), _row("a", "int8", 0.905), _row("b", "int8", 0.889)]
-    g = gate(0.91, rows, 1.0)
-    assert not g.passed and len(g.failures) == 1 and "b int8" in g.failures[0]
-    assert gate(0.91, rows, 2.1).passed
+    preds = Predictions(labels.astype(str), labels, wrong(0), (
+        RowPredictions("a", "fp32", False, wrong(2000)), RowPredictions("a", "int8", False, wrong(50, 900)),
+        RowPredictions("b", "int8", False, wrong(210, 900))))
+    g = gate(rows, preds, max_drop=1.0, min_agreement=0.9)
+    assert not g.passed and len(g.failures) == 1 and "b int8" in g.failures[0] and "2.10 points" in g.failures[0]
+    assert [r.label for r in g.rows] == ["a int8", "b int8"]
+    assert gate(rows, preds, max_drop=2.2, min_agreement=0.9).passed
 
 
 def test_markdown_report_names_status_and_rows():
     data = DataSet("c", 3, 0, 0)
     report = Report("failed", "", ModelInfo("resnet20", 10, (1, 28, 28), "x", "A", 0), {}, DataInfo(data, data),
                     Reference("pytorch", "fp32", 0.9, ()), (_row("a", "int8", 0.85),),
-                    gate(0.9, [_row("a", "int8", 0.85)], 1.0), {}, (), {}, Host("cpu", "", ""), 1.0, ())
+                    Gate(1.0, False, ("a int8: forced",)), {}, (), {}, Host("cpu", "", ""), 1.0, ())
     md = render_markdown(report)
     assert "FAILED" in md and "| a | int8 |" in md and "+5.00" in md

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def test_cifar_resnet20_trained_then_quantized_within_the_gate(cifar10_dir, tmp_path):
     run_dir = tmp_path / "run"
     result = CliRunner().invoke(main, ["train", "--arch", "resnet20", "--data", str(cifar10_dir), "--epochs", "3",
-                                       "--out", str(run_dir), "-q"])
+                                       "--out", str(run_dir), "--json"])
     assert result.exit_code == 0, result.output
     trained = json.loads(result.output.strip().splitlines()[-1])
     assert trained["test_top1"] > 0.35  # three epochs on 10k images: far above chance (0.10)
@@ -25,7 +25,7 @@ def test_cifar_resnet20_trained_then_quantized_within_the_gate(cifar10_dir, tmp_
     result = CliRunner().invoke(main, [
         "build", "--checkpoint", str(run_dir / "model.safetensors"), "--calib-data", str(cifar10_dir),
         "--eval-data", str(cifar10_dir), "--eval-samples", "2000", "--target", "openvino", "--target", "onnxruntime",
-        "--max-drop", "1.0", "--out", str(out), "-q"])
+        "--max-drop", "1.0", "--min-agreement", "0.92", "--out", str(out), "-q"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["data"]["calibration"]["source"].endswith("train")
@@ -48,7 +48,8 @@ def test_torchvision_layout_checkpoint_with_flags(cifar10_dir, tmp_path):
     result = CliRunner().invoke(main, [
         "build", "--checkpoint", str(raw), "--input-size", "32", "--mean", "0.49,0.48,0.45", "--std", "0.25,0.24,0.26",
         "--calib-data", str(cifar10_dir), "--eval-data", str(cifar10_dir), "--eval-samples", "500",
-        "--calib-samples", "100", "--target", "onnxruntime", "--max-drop", "100", "--out", str(out), "-q"])
+        "--calib-samples", "100", "--target", "onnxruntime", "--max-drop", "100", "--min-agreement", "0",
+        "--out", str(out), "-q"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["arch"] == "resnet18" and report["model"]["input_shape"] == [3, 32, 32]

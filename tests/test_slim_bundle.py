@@ -34,9 +34,9 @@ def bundle(tmp_path_factory, cifar10_dir) -> Path:
     out = tmp_path_factory.mktemp("slim") / "all"
     result = CliRunner().invoke(main, [
         "build", "--arch", "resnet18", "--num-classes", "10", "--input-size", "64", "--eval-data", str(cifar10_dir),
-        "--eval-samples", "64", "--calib-samples", "32", "--max-drop", "100", "--target", "all",
-        "--out", str(out), "-q"])
-    assert result.exit_code == 0, result.output
+        "--eval-samples", "64", "--calib-samples", "32", "--max-drop", "100", "--min-agreement", "0",
+        "--target", "all", "--out", str(out), "-q"])
+    assert result.exit_code == 5, result.output  # a random model: UNVERIFIED (FP32 not above chance), bundle written
     return out
 
 

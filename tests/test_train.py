@@ -147,6 +147,7 @@ def test_settings_are_validated():
         TrainSettings(schedule="step")
 
 
+@pytest.mark.slow  # two processes each importing torch and training: 12-30 s here
 def test_distributed_data_parallel_under_torchrun(tmp_path):
     """Two gloo ranks on CPU through the real CLI; rank 0 alone writes and prints."""
     cli = shutil.which("resnet-deploy", path=str(Path(sys.executable).parent)) or shutil.which("resnet-deploy")
@@ -163,7 +164,7 @@ def test_distributed_data_parallel_under_torchrun(tmp_path):
     env["OMP_NUM_THREADS"] = "1"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            cli, "train", "--data", str(data), "--epochs", "1", "--batch-size", "32", "--threads", "1",
-           "--out", str(out)]
+           "--out", str(out), "--json"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

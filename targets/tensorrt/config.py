@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet_deploy.errors import BundleError, ConfigError
+from resnet_deploy.targets.base import calib_method_flag
 from resnet_deploy.targets.tensorrt.calibration_cache import parse_version
 from resnet_deploy.targets.tensorrt.profiles import DeviceProfile, get_profile, jetson_profiles
 
@@ -34,6 +35,7 @@ class TensorRTFlags:
 
     max_batch: int | None = _flag("Largest batch of the TensorRT optimisation profile.", int)
     workspace_mb: int | None = _flag("TensorRT builder workspace limit in MiB.", int)
+    calib_method: str | None = calib_method_flag()  # the amax rule of the Q/DQ model and the cache
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class TrtOptions:
     max_batch: int
     opt_batch: int
     workspace_mb: int
+    calib_method: str = "auto"  # "auto" or one of calibration/activation_ranges.METHODS
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_batch <= MAX_BATCH_LIMIT:
@@ -160,6 +163,9 @@ class TrtBuildConfig:
     calibration_cache: str
     amax_method: str
     note: str = ""
+    # ONNX node names (TensorRT's ONNX parser names its layers after them) kept in float: the Q/DQ model has
+    # no Q/DQ around them (explicit); implicit INT8 gets FP32 precision constraints on them (engine.py).
+    float_layers: tuple[str, ...] = ()
 
     def mode(self, *, trt_version: str | None = None, dla_core: int | None = None) -> str:
         return quantization_mode(trt_version or self.profile.tensorrt, precision=self.precision,
@@ -187,7 +193,7 @@ class TrtBuildConfig:
             "dla_core": self.dla_core, "gpu_fallback": self.dla_core is not None, "workspace_mb": self.workspace_mb,
             "files": {"qdq_onnx": self.qdq_onnx, "fp32_onnx": self.fp32_onnx,
                       "calibration_cache": self.calibration_cache, "trtexec": TRTEXEC_SCRIPT},
-            "amax_method": self.amax_method, "note": self.note,
+            "amax_method": self.amax_method, "note": self.note, "float_layers": list(self.float_layers),
         }
 
     @classmethod
@@ -201,7 +207,8 @@ class TrtBuildConfig:
                    str(d["input"]["name"]), (c, h, w), int(d["batch"]["min"]), int(d["batch"]["opt"]),
                    int(d["batch"]["max"]), None if d.get("dla_core") is None else int(d["dla_core"]),
                    int(d["workspace_mb"]), str(files["qdq_onnx"]), str(files["fp32_onnx"]),
-                   str(files["calibration_cache"]), str(d.get("amax_method", "")), str(d.get("note", "")))
+                   str(files["calibration_cache"]), str(d.get("amax_method", "")), str(d.get("note", "")),
+                   tuple(str(n) for n in d.get("float_layers", ())))
 
     def write(self, folder: Path) -> Path:
         path = folder / BUILD_CONFIG

@@ -174,6 +174,8 @@ def build_plan(cfg: TrtBuildConfig, onnx: Path, *, mode: str, precision: str, ca
                 assert calibration is not None  # build_engine passes the bundle's cache in implicit mode
                 config.int8_calibrator = _cache_calibrator(trt, calibration.read_bytes())
                 config.set_calibration_profile(profile)
+                if cfg.float_layers:
+                    keep_float(trt, network, config, cfg.float_layers)
     if cfg.dla_core is not None:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = cfg.dla_core
@@ -187,6 +189,31 @@ def build_plan(cfg: TrtBuildConfig, onnx: Path, *, mode: str, precision: str, ca
                                 f"DLA core {cfg.dla_core}); run the bundle's trtexec.sh --verbose for the reason.")
     timing_cache.write_bytes(memoryview(config.get_timing_cache().serialize()))
     return bytes(plan)
+
+
+def keep_float(trt: Any, network: Any, config: Any, names: tuple[str, ...]) -> None:
+    """Implicit INT8 with layers kept in float: FP32 precision and output types on the layers the ONNX parser
+    made from those nodes (it names a node's first layer after it, later ones ``<name>_<n>``), obeyed by the
+    builder. ``ILayer.precision``/``set_output_type`` and ``BuilderFlag.OBEY_PRECISION_CONSTRAINTS``: 8.2 to
+    10.x (pyGraph.cpp, pyCore.cpp); TensorRT 11 builds no implicit INT8 (``build_plan`` refuses it first)."""
+    wanted = set(names)
+    found: set[str] = set()
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        base = layer.name
+        if base not in wanted:
+            head, _, tail = base.rpartition("_")
+            base = head if tail.isdigit() and head in wanted else base
+        if base in wanted:
+            layer.precision = trt.DataType.FLOAT
+            for k in range(layer.num_outputs):
+                layer.set_output_type(k, trt.DataType.FLOAT)
+            found.add(base)
+    missing = sorted(wanted - found)
+    if missing:
+        raise VerificationError(f"TensorRT's network has no layer named {', '.join(missing[:3])} (kept in float by "
+                                f"the bundle's {BUILD_CONFIG}): was the bundle built from another ONNX?")
+    config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
 
 
 def _slug(text: str) -> str:

@@ -17,12 +17,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
+from resnet_deploy.calibration.activation_ranges import METHODS
 from resnet_deploy.calibration.preprocess import Preprocessing
-from resnet_deploy.calibration.qdq import QdqResult, make_qdq_onnx
+from resnet_deploy.calibration.qdq import AUTO, QdqResult, make_qdq_onnx
 from resnet_deploy.errors import ConfigError, DependencyError
 from resnet_deploy.files import stored_once
 from resnet_deploy.targets import onnx_session
-from resnet_deploy.targets.base import Artifact, CompileInput, DeviceBuild, Runner, Runtime, Target
+from resnet_deploy.targets.base import Artifact, CompileInput, DeviceBuild, Runner, Runtime, Target, calib_method
 from resnet_deploy.targets.onnxruntime import RUNTIME as ORT_RUNTIME
 from resnet_deploy.targets.onnxruntime import OrtRunner
 from resnet_deploy.targets.tensorrt import config as tc
@@ -53,13 +54,17 @@ class TrtTargetBase(Target):
 
     preset: tc.TrtPreset = tc.DESKTOP
     runtimes = (RUNTIME, ORT_RUNTIME)  # the engine on the device; its CPU simulation here
+    simulated_by = (ORT_RUNTIME.name,)
     # the simulated row; TensorRT itself is optional here
     build_requires: ClassVar[Mapping[str, str]] = {"onnxruntime": "onnxruntime"}
     device_options = tc.DeviceBuildFlags
 
+    float_layers = True  # explicit: no Q/DQ around them; implicit: FP32 precision constraints (engine.py)
+
     def parse_options(self, raw: Mapping[str, Any]) -> tc.TrtOptions:
         flags = super().parse_options(raw)
-        return tc.TrtOptions.from_flags(flags, self.preset)
+        method = calib_method(raw.get("calib_method"), target=self.name, methods=METHODS, default=AUTO)
+        return replace(tc.TrtOptions.from_flags(flags, self.preset), calib_method=method)
 
     def compile(self, inp: CompileInput, bundle: Path) -> list[Artifact]:
         opts = inp.options if isinstance(inp.options, tc.TrtOptions) else self.parse_options({})
@@ -68,7 +73,8 @@ class TrtTargetBase(Target):
         fp32 = Path(inp.fp32_onnx)
         if bundle.resolve() not in fp32.resolve().parents:  # not in the bundle yet: carry a copy
             fp32 = Path(shutil.copyfile(fp32, folder / "model_fp32.onnx"))
-        qdq = make_qdq_onnx(fp32, folder / tc.QDQ_ONNX, inp.calibration, session=onnx_session)
+        qdq = make_qdq_onnx(fp32, folder / tc.QDQ_ONNX, inp.calibration, session=onnx_session,
+                            method=opts.calib_method, float_layers=inp.float_layers)
         # tensorrt/ and jetson/ built from one model and one calibration get the same Q/DQ model: store it once
         qdq = replace(qdq, path=stored_once(qdq.path, bundle.glob(f"*/{tc.QDQ_ONNX}")))
         cfg = self._write_device_files(opts, inp, fp32, folder, qdq)
@@ -93,7 +99,7 @@ class TrtTargetBase(Target):
             qdq_onnx=os.path.relpath(qdq.path.resolve(), folder.resolve()),
             fp32_onnx=os.path.relpath(fp32.resolve(), folder.resolve()),
             calibration_cache=os.path.relpath(cache.resolve(), folder.resolve()),
-            amax_method=qdq.method, note=note)
+            amax_method=qdq.method, note=note, float_layers=tuple(inp.float_layers))
         cfg.write(folder)
         script = folder / tc.TRTEXEC_SCRIPT
         script.write_text(render_script(cfg))
@@ -110,7 +116,10 @@ class TrtTargetBase(Target):
         p = cfg.profile
         details: dict[str, Any] = {
             "device": p.name, "gpu": p.gpu, "tensorrt": p.tensorrt, "jetpack": p.jetpack or None,
-            "engine_precision": cfg.precision, "quantization": {**qdq.to_dict(), "tensorrt_mode": cfg.mode()},
+            "engine_precision": cfg.precision, "quantization": {
+                **qdq.to_dict(), "tensorrt_mode": cfg.mode(),
+                **({"float_layers_by": "no Q/DQ around them" if cfg.mode() == "explicit" else
+                    "FP32 precision constraints (OBEY_PRECISION_CONSTRAINTS)"} if cfg.float_layers else {})},
             "batch": {"min": cfg.min_batch, "opt": cfg.opt_batch, "max": cfg.max_batch}, "dla_core": cfg.dla_core,
         }
         model_rel = str(model.resolve().relative_to(bundle.resolve()))
@@ -242,7 +251,29 @@ class TrtTargetBase(Target):
                 "runs_on": f"DLA core {dla} (GPU fallback)" if dla is not None else "GPU"}
 
     def profiles(self) -> list[tuple[str, str]]:
-        return [(p.name, describe_profile(p)) for p in PROFILES.values() if p.is_jetson == self.preset.device_flag]
+        """Jetson profiles for ``--device`` (the preset's marked as the default); for a desktop GPU its single
+        profile, which has no JetPack: the real GPU and TensorRT are read where the engine is built."""
+        out = []
+        for p in PROFILES.values():
+            if p.is_jetson != self.preset.device_flag:
+                continue
+            text = describe_profile(p)
+            if p.name == self.preset.device:
+                text += ("  (default without --device)" if self.preset.device_flag else
+                         f"  (the only profile of --target {self.name}, which takes no --device: no JetPack; "
+                         "the GPU and TensorRT are read where the engine is built)")
+            out.append((p.name, text))
+        return out
+
+    def notices(self, raw: Mapping[str, Any]) -> list[str]:
+        """A Jetson bundle is prepared for one module: say which when --device was left out."""
+        if not self.preset.device_flag or raw.get("device") is not None:
+            return []
+        p = PROFILES[self.preset.device]
+        dla = f"{p.dla_cores} DLA core(s)" if p.dla_cores else "no DLA"
+        return [f"--target {self.name} without --device: the bundle is prepared for --device {p.name} ({p.gpu}, "
+                f"JetPack {p.jetpack} / TensorRT {p.tensorrt}, {dla}), which every module of its JetPack runs. "
+                "Give --device for another Jetson or to use a DLA core (`resnet-deploy devices` lists them)."]
 
 
 class TensorRTTarget(TrtTargetBase):

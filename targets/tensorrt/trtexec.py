@@ -3,7 +3,9 @@
 Flag spelling follows trtexec's help of each release: ``--memPoolSize=workspace:N`` since 8.4
 (MiB; 10.x also takes a unit suffix, written here as ``M``), ``--workspace=N`` before 8.4 (removed
 in 10.0); ``--calib`` feeds a calibration cache to implicit INT8 (8.x and DLA); ``--useDLACore`` with
-``--allowGPUFallback`` puts supported layers on a DLA core; min/opt/max shapes give the batch range.
+``--allowGPUFallback`` puts supported layers on a DLA core; min/opt/max shapes give the batch range;
+``--precisionConstraints=obey`` with ``--layerPrecisions``/``--layerOutputTypes`` (8.4+) keeps layers in
+FP32 under implicit INT8 (older trtexec cannot: ``device-build`` sets them through the Python API).
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ def trtexec_args(cfg: TrtBuildConfig, *, trt_version: str | None = None, engine:
         args += ["--fp16"]
     if mode == "implicit":
         args.append(f"--calib={calibration_cache or cfg.calibration_cache}")
+        if cfg.float_layers and major_minor >= (8, 4):  # per-layer constraints: trtexec 8.4+ (sampleOptions.cpp)
+            kept = ",".join(f"{name}:fp32" for name in cfg.float_layers)
+            args += ["--precisionConstraints=obey", f"--layerPrecisions={kept}", f"--layerOutputTypes={kept}"]
     if cfg.dla_core is not None:
         args += [f"--useDLACore={cfg.dla_core}", "--allowGPUFallback"]
     lo, opt, hi = cfg.shapes()

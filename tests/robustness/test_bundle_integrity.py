@@ -38,20 +38,9 @@ def assert_clean_failure(result, *needles: str, code: int = 2) -> None:
         assert needle in flat, result.output
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, fashion_mnist) -> Path:
-    out = tmp_path_factory.mktemp("built") / "bundle"
-    result = run("build", "--target", "onnxruntime", "--eval-samples", "300", "--calib-samples", "64",
-                 "--out", out, "-q")
-    assert result.exit_code == 0, result.output
-    return out
-
-
 @pytest.fixture()
-def bundle(built, tmp_path) -> Path:
-    copy = tmp_path / "b"
-    shutil.copytree(built, copy, symlinks=True)
-    return copy
+def bundle(bundle_copy) -> Path:
+    return bundle_copy  # of the session's shared bundle (tests/conftest.py)
 
 
 @pytest.fixture()
@@ -280,7 +269,7 @@ def test_publish_leaves_no_old_folder_and_no_marker(bundle, tmp_path):
         shutil.copytree(bundle, staging, dirs_exist_ok=True)
         bundle_io.publish(staging, bundle)
     assert not (bundle / bundle_io.STAGING_MARKER).exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no .old-*, no staging, no lock file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no .old-*, no staging, no lock file
     open_bundle(bundle)
 
 
@@ -297,7 +286,7 @@ def test_unlisted_device_artifacts_are_ignored(bundle, tmp_path, image, planted)
     assert all(a.path != path for a in b.artifacts)
     result = run("infer", bundle, image, "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["artifact"] == "onnxruntime/model_int8.onnx"
+    assert json.loads(result.output)["artifact"] in {a.path for a in b.artifacts}
 
 
 def test_artifact_the_manifest_does_not_list_is_damage(bundle, image):

@@ -26,7 +26,7 @@ from resnet_deploy.errors import EnvironmentFault
 from resnet_deploy.interrupts import TEST_PAUSE_ENV
 
 CLI = [sys.executable, "-m", "resnet_deploy"]
-FAST = ["--target", "onnxruntime", "--eval-samples", "300", "--calib-samples", "64", "-q"]
+FAST = ["--target", "onnxruntime", "--eval-samples", "1000", "--calib-samples", "64", "--latency-seconds", "0", "-q"]
 TIMEOUT = 120
 
 
@@ -63,18 +63,8 @@ def leftovers(parent: Path, name: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def old_bundle(tmp_path_factory, fashion_mnist) -> Path:
-    out = tmp_path_factory.mktemp("old") / "bundle"
-    done = cli("build", "--out", out, *FAST)
-    assert done.returncode == 0, done.stderr
-    return out
-
-
-@pytest.fixture()
-def bundle_copy(old_bundle, tmp_path) -> Path:
-    out = tmp_path / "bundle"
-    shutil.copytree(old_bundle, out)
-    return out
+def old_bundle(shared_bundle) -> Path:
+    return shared_bundle  # bundle_copy (tests/conftest.py) gives a test its own copy
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -243,17 +243,17 @@ def test_fifo_named_jpg_does_not_hang(tmp_path):
 
 
 def _small_bundle(tmp_path_factory, target: str) -> Path:
-    """The embedded model built for one target on 200 evaluation and 32 calibration images."""
+    """The embedded model built for one target on 1000 evaluation and 32 calibration images."""
     out = tmp_path_factory.mktemp(target) / "b"
-    result = CliRunner().invoke(main, ["build", "--target", target, "--eval-samples", "200",
-                                       "--calib-samples", "32", "--out", str(out), "-q"])
+    result = CliRunner().invoke(main, ["build", "--target", target, "--eval-samples", "1000",
+                                       "--calib-samples", "32", "--latency-seconds", "0", "--out", str(out), "-q"])
     assert result.exit_code == 0, result.output
     return out
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory, fashion_mnist) -> Path:
-    return _small_bundle(tmp_path_factory, "onnxruntime")
+def bundle(shared_bundle) -> Path:
+    return shared_bundle
 
 
 def test_infer_answers_the_good_images_and_names_the_bad(bundle, tmp_path):

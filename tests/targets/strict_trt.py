@@ -363,7 +363,7 @@ def _onnx_shapes(model: Any) -> tuple:
 
     inp = next(i for i in graph.input if i.name not in inits)
     out = graph.output[0]
-    return inp.name, dims(inp), out.name, dims(out)
+    return inp.name, dims(inp), out.name, dims(out), [(n.name or n.op_type, len(n.output)) for n in graph.node]
 
 
 def _parser_init(f: _Factory, s: Any, network: Any, logger: Any) -> None:
@@ -381,11 +381,16 @@ def _parse(f: _Factory, s: Any, model: Any, path: Any = None) -> bool:
                                "1 << int(NetworkDefinitionCreationFlag.EXPLICIT_BATCH))")
         return False
     try:
-        name, in_dims, out_name, out_dims = _onnx_shapes(model)
+        parsed = _onnx_shapes(model)  # a 4-tuple where a caller without onnx replaced it (no layers then)
+        name, in_dims, out_name, out_dims = parsed[:4]
+        nodes = parsed[4] if len(parsed) > 4 else []
     except Exception as err:
         state["errors"].append(f"ModelImporter: could not read the model: {err}")
         return False
-    net.update(inputs=[(name, in_dims)], outputs=[(out_name, out_dims)])
+    # One layer per ONNX node, named after it as onnx-tensorrt's registerLayer does (ImporterContext.cpp).
+    layers = [f.instance("ILayer", name=node, num_outputs=outputs, precision=f.enum_value("DataType", "FLOAT"),
+                         precision_is_set=False, output_types={}) for node, outputs in nodes]
+    net.update(inputs=[(name, in_dims)], outputs=[(out_name, out_dims)], layers=layers)
     return True
 
 
@@ -405,6 +410,28 @@ def _parse_bytes(f: _Factory, s: Any, model: Any, path: Any = None) -> bool:
 
 def _get_error(f: _Factory, s: Any, index: int) -> Any:
     return f.instance("ParserError", desc=_state(s)["errors"][index])
+
+
+def _get_layer(f: _Factory, s: Any, index: int) -> Any:
+    layers = _state(s).get("layers", [])
+    if not isinstance(index, int) or not 0 <= index < len(layers):
+        raise IndexError(f"get_layer({index!r}): the network has {len(layers)} layers")
+    return layers[index]
+
+
+def _set_precision(f: _Factory, s: Any, value: Any) -> None:
+    f.require(value, "DataType", "ILayer.precision")
+    _state(s).update(precision=value, precision_is_set=True)
+    f.log.append(("precision", _state(s)["name"], value.name))
+
+
+def _set_output_type(f: _Factory, s: Any, index: int, dtype: Any) -> None:
+    f.require(dtype, "DataType", "ILayer.set_output_type")
+    if not isinstance(index, int) or not 0 <= index < _state(s)["num_outputs"]:
+        raise IndexError(f"set_output_type({index!r}): layer {_state(s)['name']} has "
+                         f"{_state(s)['num_outputs']} outputs")
+    _state(s)["output_types"][index] = dtype
+    f.log.append(("output_type", _state(s)["name"], index, dtype.name))
 
 
 def _pool_limit(f: _Factory, s: Any, pool: Any, pool_size: int) -> None:
@@ -651,6 +678,8 @@ _BEHAVIOUR: Dict[str, Dict[str, Any]] = {
         "max_workspace_size": (lambda f, s: _state(s)["max_workspace_size"],
                                _typed_setter("max_workspace_size", None)),
     },
+    "INetworkDefinition": {"num_layers": lambda f, s: len(_state(s).get("layers", [])), "get_layer": _get_layer},
+    "ILayer": {"precision": (lambda f, s: _state(s)["precision"], _set_precision), "set_output_type": _set_output_type},
     "IOptimizationProfile": {"set_shape": _set_shape,
                              "get_shape": lambda f, s, input: [_dims(f, d) for d in _state(s)["shapes"][input]]},
     "ITimingCache": {"serialize": lambda f, s: _host_memory(f, b"timing-cache")},

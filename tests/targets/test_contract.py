@@ -271,3 +271,24 @@ def test_int8_agrees_with_fp32_on_real_images(name, compiled, images, folded_onn
     for a in _of(_runnable(artifacts), "int8", name):
         agreement = float((target.load(a, bundle, threads=1).run(images).argmax(1) == expected).mean())
         assert agreement >= INT8_AGREEMENT, f"{a.path}: top-1 agreement with FP32 {agreement:.3f}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_throughput_mode_gives_the_latency_runners_logits(name, compiled, images, model):
+    """``load_throughput`` (API 2; a default for version-1 plug-ins) runs every image of a batch, in order, with
+    ``requests`` in flight: the logits of the one-request runner, whatever the runtime's streams."""
+    bundle, artifacts = compiled(name)
+    target = get_target(name)
+    runnable = _runnable(artifacts)
+    if not runnable:
+        pytest.skip(f"no runtime of --target {name} is present here")
+    batch = np.ascontiguousarray(images[:13])
+    for a in runnable:
+        many = target.load_throughput(a, bundle, threads=2)
+        assert isinstance(many.description, str) and many.description and many.requests >= 1
+        out = np.asarray(many.run_many(batch))
+        expected = np.asarray(target.load(a, bundle, threads=1).run(batch))
+        assert out.shape == (13, model.num_classes), (a.path, out.shape)
+        tolerance = FP32_ATOL * max(1.0, float(np.abs(expected).max()))
+        assert float(np.abs(out - expected).max()) <= tolerance, a.path
+        np.testing.assert_array_equal(many.run_many(batch[:1]).argmax(1), expected[:1].argmax(1))

@@ -14,10 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from resnet_deploy.calibration.preprocess import Preprocessing
-from resnet_deploy.cli import main
 from resnet_deploy.models import build_model
 from resnet_deploy.pipeline import bundle as bundle_io
 from resnet_deploy.pipeline.export import export_onnx
@@ -29,13 +27,8 @@ SYSTEM_PYTHON = Path("/usr/bin/python3")  # Debian's python3-gi: GLib's own key-
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory, fashion_mnist) -> Path:
-    out = tmp_path_factory.mktemp("serving") / "b"
-    result = CliRunner().invoke(main, ["build", "--target", "onnxruntime", "--target", "openvino", "--target",
-                                       "jetson", "--device", "xavier-nx", "--eval-samples", "200",
-                                       "--calib-samples", "32", "--out", str(out), "-q"])
-    assert result.exit_code == 0, result.output
-    return out
+def bundle(shared_bundle) -> Path:
+    return shared_bundle  # openvino, onnxruntime and jetson (xavier-nx): tests/conftest.py
 
 
 def _model_config():

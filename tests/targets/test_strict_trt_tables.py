@@ -219,7 +219,8 @@ def _tiny_onnx(path: Path) -> Path:
 
 def _cfg(dla_core=None):
     shapes = ((1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8))
-    return types.SimpleNamespace(workspace_mb=64, input_name="input", dla_core=dla_core, shapes=lambda: shapes)
+    return types.SimpleNamespace(workspace_mb=64, input_name="input", dla_core=dla_core, shapes=lambda: shapes,
+                                 float_layers=())
 
 
 def _build_and_run(version: str, tmp_path: Path, monkeypatch, log: list, *, precision="int8", mode="explicit"):

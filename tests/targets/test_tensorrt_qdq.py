@@ -246,6 +246,7 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.cifar
+@pytest.mark.slow  # fits a head on 2,000 CIFAR-10 images: 15-30 s here
 def test_agreement_on_real_images_random_features_with_fitted_head(tmp_path):
     """A random-init ResNet-20 agrees with anything; so its BN statistics are estimated on real images
     and its classifier fitted to real labels (ridge regression, seconds), giving real, spread-out

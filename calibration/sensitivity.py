@@ -1,0 +1,125 @@
+"""Per-layer INT8 sensitivity: how much each layer's quantization costs, on one reference simulation.
+
+The reference is the Q/DQ graph of ``qdq.py`` (symmetric INT8, per-channel weights) run by the caller's
+ONNX executor on calibration images. Each layer in turn is left in float while every other stays INT8
+("float one out"), because that is exactly what the mixed-precision fallback does to a failing model:
+the recovery it measures is the recovery the fallback gets, interactions with the other quantized
+layers included. Figures: top-1 agreement with FP32 and the output SQNR (dB) of each variant.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from resnet_deploy.calibration.activation_ranges import METHODS, SessionFactory
+from resnet_deploy.calibration.qdq import AUTO, cached_ranges, insert_qdq, keep_float, plan_qdq, quantizable_layers
+from resnet_deploy.errors import ConfigError
+
+REFERENCE = "Q/DQ graph of calibration/qdq.py (symmetric INT8, per-channel weights), run by the ONNX executor"
+MAX_IMAGES = 128  # calibration images per variant: enough to rank layers by SQNR, seconds for a ResNet-20
+MAX_SQNR_DB = 200.0  # a variant equal to FP32 (no error at all); report.json holds no infinities
+_CHUNK = 64
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    """One layer left in float, every other layer INT8: agreement with FP32, output SQNR, and the SQNR
+    gained over the all-INT8 graph (what keeping this layer in float recovers)."""
+
+    layer: str  # ONNX node name
+    op: str
+    agreement: float
+    sqnr_db: float
+    gain_db: float
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> LayerSensitivity:
+        return cls(str(d["layer"]), str(d.get("op", "")), float(d["agreement"]), float(d["sqnr_db"]),
+                   float(d["gain_db"]))
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """The analysis: the all-INT8 graph's figures and one entry per quantized layer, most sensitive first."""
+
+    reference: str
+    method: str  # the amax rule of the reference Q/DQ graph
+    images: int
+    int8_agreement: float
+    int8_sqnr_db: float
+    layers: tuple[LayerSensitivity, ...]
+    seconds: float
+
+    def ranked(self) -> list[str]:
+        """Layer names, the one whose float copy recovers most first."""
+        return [s.layer for s in self.layers]
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Sensitivity:
+        return cls(str(d.get("reference", "")), str(d.get("method", "")), int(d.get("images", 0)),
+                   float(d["int8_agreement"]), float(d["int8_sqnr_db"]),
+                   tuple(LayerSensitivity.from_json(x) for x in d.get("layers", ())), float(d.get("seconds", 0.0)))
+
+
+def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
+    """10 log10(signal power / error power) over every output value; capped at ``MAX_SQNR_DB``."""
+    signal = float(np.square(reference, dtype=np.float64).sum())
+    noise = float(np.square(reference.astype(np.float64) - approx).sum())
+    if noise <= 0.0 or signal <= 0.0:
+        return MAX_SQNR_DB if noise <= 0.0 else -MAX_SQNR_DB
+    return round(min(MAX_SQNR_DB, 10.0 * math.log10(signal / noise)), 3)
+
+
+def _logits(session: SessionFactory, model_bytes: bytes, images: np.ndarray) -> np.ndarray:
+    runner = session(model_bytes)
+    name = runner.get_inputs()[0].name
+    return np.concatenate([runner.run(None, {name: np.ascontiguousarray(images[i:i + _CHUNK])})[0]
+                           for i in range(0, len(images), _CHUNK)])
+
+
+def analyse(fp32_onnx: Path, calibration: np.ndarray, *, session: SessionFactory, method: str = AUTO,
+            max_images: int = MAX_IMAGES) -> Sensitivity:
+    """Rank the quantized layers of ``fp32_onnx`` by the SQNR their float copy recovers, on ``calibration``.
+
+    Activation ranges come from ``calibration`` once (``qdq.cached_ranges``); ``method`` "auto" keeps the amax
+    rule whose all-INT8 graph agrees best with FP32 (then the higher SQNR), as the Q/DQ writer does.
+    """
+    import onnx
+
+    started = time.perf_counter()
+    if method != AUTO and method not in METHODS:
+        raise ConfigError(f"Unknown calibration method {method!r}; choose auto or one of {', '.join(METHODS)}.")
+    if len(calibration) == 0:
+        raise ConfigError("The sensitivity analysis needs at least one calibration image.")
+    model = onnx.load(str(fp32_onnx))
+    plan = plan_qdq(model.graph)
+    ranges = cached_ranges(fp32_onnx, model, calibration, session=session,
+                           methods=METHODS if method == AUTO else (method,))
+    images = calibration[:max_images]
+    fp32 = _logits(session, model.SerializeToString(), images)
+    top1 = fp32.argmax(1)
+
+    def variant(table: dict[str, float], floats: list[str]) -> tuple[float, float]:
+        candidate = copy.deepcopy(model)
+        insert_qdq(candidate, keep_float(plan, model.graph, floats), table)
+        out = _logits(session, candidate.SerializeToString(), images)
+        return round(float((out.argmax(1) == top1).mean()), 6), sqnr_db(fp32, out)
+
+    scored = {name: variant(table, []) for name, table in ranges.items()}
+    chosen = max(scored, key=lambda n: scored[n])  # agreement first, then SQNR
+    base_agreement, base_sqnr = scored[chosen]
+    ops = {n.name: n.op_type for n in model.graph.node}
+    layers = []
+    for name in quantizable_layers(model.graph):
+        agreement, sqnr = variant(ranges[chosen], [name])
+        layers.append(LayerSensitivity(name, ops[name], agreement, sqnr, round(sqnr - base_sqnr, 3)))
+    layers.sort(key=lambda s: (-s.gain_db, -s.agreement, s.layer))
+    return Sensitivity(REFERENCE, chosen, len(images), base_agreement, base_sqnr, tuple(layers),
+                       round(time.perf_counter() - started, 3))

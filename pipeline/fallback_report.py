@@ -1,0 +1,124 @@
+"""The sensitivity analysis and the mixed-precision fallback as report sections (report.md and report.html).
+
+Read back from ``report.json`` alone: the ``sensitivity`` record and each INT8 row's ``details["fallback"]``
+(written by ``pipeline/fallback.py``), so a report re-rendered later shows the same thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from html import escape
+from typing import Any, Callable, Mapping
+
+from resnet_deploy.calibration.sensitivity import Sensitivity
+from resnet_deploy.pipeline.records import Report, ResultRow
+
+MAX_BARS = 60  # a deeper network's bar chart keeps its most sensitive layers
+MAX_TABLE = 12
+
+
+@dataclass(frozen=True)
+class RowFallback:
+    """What the fallback did to one INT8 row."""
+
+    label: str
+    layers: tuple[str, ...]
+    held_out: Mapping[str, Any]
+    attempts: int
+    held_out_images: int
+    latency: Mapping[str, float] | None  # all-INT8 and mixed p50 timed in alternation; None when not measured
+    simulated: bool
+
+
+def row_fallbacks(report: Report) -> list[RowFallback]:
+    out = []
+    for r in report.results:
+        record = r.details.get("fallback") if r.precision == "int8" else None
+        if isinstance(record, Mapping):
+            out.append(_row(r, record))
+    return out
+
+
+def _row(r: ResultRow, record: Mapping[str, Any]) -> RowFallback:
+    latency = record.get("latency")
+    return RowFallback(r.label, tuple(str(x) for x in record.get("float_layers", ())),
+                       dict(record.get("held_out") or {}), max(len(record.get("attempts", ())) - 1, 0),
+                       int(record.get("held_out_images", 0)), dict(latency) if isinstance(latency, Mapping) else None,
+                       r.simulated)
+
+
+def describe_row(f: RowFallback) -> str:
+    """One sentence: the layers kept in float, the held-out check, and the latency cost where measured."""
+    h = f.held_out
+    check = (f"held-out check on {f.held_out_images} calibration images: agreement {h.get('agreement', 0) * 100:.2f}%, "
+             f"drop {h.get('drop', 0):+.2f} points ({'meets' if h.get('passed') else 'misses'} the gate)") if h else \
+        "no held-out check (its runtime is not installed here)"
+    if not f.layers:
+        return f"all layers INT8; {check}"
+    kept = f"{len(f.layers)} layer(s) kept in float after {f.attempts} recompile(s): {', '.join(f.layers)}; {check}"
+    if f.latency:
+        lat = f.latency
+        return (kept + f"; latency p50 {lat['all_int8_p50_ms']:.3f} ms all-INT8 -> {lat['p50_ms']:.3f} ms "
+                f"({lat['cost'] * 100:+.1f}%, timed in alternation in this build)")
+    return kept + ("; simulated row: no latency cost is claimed" if f.simulated else "")
+
+
+def markdown(report: Report) -> list[str]:
+    """report.md lines (empty when no row went through the fallback)."""
+    rows = row_fallbacks(report)
+    sens = report.sensitivity
+    if not rows and sens is None:
+        return []
+    lines = ["", "## Mixed-precision fallback"]
+    lines += [f"- {f.label}: {describe_row(f)}" for f in rows]
+    if sens is not None:
+        lines += ["", f"Per-layer sensitivity ({sens.reference}; amax rule {sens.method}; {sens.images} calibration "
+                  f"images): all-INT8 agreement {sens.int8_agreement * 100:.2f}%, SQNR {sens.int8_sqnr_db:.1f} dB. "
+                  "Each layer left in float alone, most sensitive first:", "",
+                  "| layer | op | SQNR gain dB | SQNR dB | agreement |", "|---|---|---|---|---|"]
+        lines += [f"| `{s.layer}` | {s.op} | {s.gain_db:+.2f} | {s.sqnr_db:.1f} | {s.agreement * 100:.2f}% |"
+                  for s in sens.layers[:MAX_TABLE]]
+        if len(sens.layers) > MAX_TABLE:
+            lines.append(f"\n({len(sens.layers) - MAX_TABLE} more layers in report.json.)")
+    return lines
+
+
+def html(report: Report, figure: Callable[..., str] | None) -> str:
+    """The report.html section body; ``figure(draw, *args, caption=...)`` embeds a plot (None: no matplotlib)."""
+    rows = row_fallbacks(report)
+    sens = report.sensitivity
+    if not rows and sens is None:
+        return '<p class="note">No INT8 row went through the held-out check (--fallback off, or too few ' \
+               "calibration images).</p>"
+    parts = ["<ul>" + "".join(f"<li><b>{escape(f.label)}</b>: {escape(describe_row(f))}</li>" for f in rows) + "</ul>"]
+    if sens is not None:
+        parts.append(f'<p class="note">Per-layer sensitivity: {escape(sens.reference)}; amax rule '
+                     f"{escape(sens.method)}; {sens.images} calibration images; all-INT8 agreement "
+                     f"{sens.int8_agreement * 100:.2f}%, SQNR {sens.int8_sqnr_db:.1f} dB. A bar is the SQNR the model "
+                     "gains when that layer alone stays in float; worst (most sensitive) first.</p>")
+        if figure is not None:
+            parts.append(figure(draw_sensitivity, sens, caption="SQNR gain (dB) with the layer in float, worst first"))
+        head = ("<tr><th class=l>layer</th><th class=l>op</th><th>SQNR gain dB</th><th>SQNR dB</th>"
+                "<th>agreement</th></tr>")
+        body = "".join(f"<tr><td class=l><code>{escape(s.layer)}</code></td><td class=l>{escape(s.op)}</td>"
+                       f"<td>{s.gain_db:+.2f}</td><td>{s.sqnr_db:.1f}</td><td>{s.agreement * 100:.2f}%</td></tr>"
+                       for s in sens.layers[:MAX_TABLE])
+        parts.append(f'<div class="scroll"><table>{head}{body}</table></div>')
+    return "".join(parts)
+
+
+def draw_sensitivity(fig: Any, sens: Sensitivity) -> bool:
+    """A horizontal bar per layer (SQNR gain when kept in float), the most sensitive on top."""
+    layers = list(sens.layers[:MAX_BARS])
+    if not layers:
+        return False
+    fig.set_size_inches(9.6, 0.22 * len(layers) + 1.2)
+    ax = fig.add_subplot()
+    ys = list(range(len(layers)))[::-1]
+    gains = [s.gain_db for s in layers]
+    ax.barh(ys, gains, color=["#DD8452" if g > 0 else "#BBBBBB" for g in gains], height=0.7)
+    ax.set_yticks(ys, [s.layer for s in layers], fontsize=7)
+    ax.axvline(0, color="#555555", lw=0.8)
+    ax.set_xlabel("SQNR gain (dB) when this layer alone stays in float")
+    ax.grid(axis="x", alpha=0.3)
+    return True
