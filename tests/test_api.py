@@ -48,7 +48,7 @@ def test_image_files_and_arrays_are_preprocessed_alike(shared_bundle, tmp_path):
 
 def test_a_damaged_bundle_is_a_bundle_error(bundle_copy):
     (bundle_copy / "report.md").write_text("changed")
-    with pytest.raises(BundleError, match="report.md"):
+    with pytest.raises(BundleError, match=r"report\.md"):
         load_bundle(bundle_copy)
 
 
