@@ -67,6 +67,6 @@ def test_fails_without_fallback_and_passes_with_it_on_every_target(hard_checkpoi
         kept = row["details"]["fallback"]["float_layers"]
         assert 1 <= len(kept) <= CAP and kept[0] == "/layer2/layer2.1/conv2/Conv"
         assert row["agreement"] >= 0.98
-    for target in CPU_TARGETS:
-        assert rows[(target, "int8")]["latency_ms"]["p50"] < rows[(target, "fp32")]["latency_ms"]["p50"]
+    for target in CPU_TARGETS:  # the fastest call of each: p50 moved with the load of a shared 2-core machine
+        assert rows[(target, "int8")]["latency_ms"]["min"] < rows[(target, "fp32")]["latency_ms"]["min"]
     assert report["sensitivity"]["layers"][0]["layer"] == "/layer2/layer2.1/conv2/Conv"
