@@ -33,10 +33,11 @@ def test_the_time_budget_and_the_cap():
 
 
 def test_parallel_requests_show_in_images_per_second_not_in_latency():
-    """Two requests of 20 ms each in flight: ~100 img/s, twice what one 20 ms request at a time gives."""
+    """Two requests of 50 ms each in flight: ~40 img/s, twice what one 50 ms request at a time gives. Sleeps, not
+    work, so a loaded machine changes little; the margin (1.3x, not 2x) absorbs thread start-up under load."""
 
     def two_at_once(batch: np.ndarray) -> None:
-        workers = [threading.Thread(target=time.sleep, args=(0.02,)) for _ in range(0, len(batch), 1)]
+        workers = [threading.Thread(target=time.sleep, args=(0.05,)) for _ in range(0, len(batch), 1)]
         for pair in range(0, len(workers), 2):
             for w in workers[pair:pair + 2]:
                 w.start()
@@ -44,10 +45,10 @@ def test_parallel_requests_show_in_images_per_second_not_in_latency():
                 w.join()
 
     images = np.zeros((8, 1))
-    settings = LatencySettings(warmup=0, min_iterations=8, max_iterations=64, min_seconds=0.3)
+    settings = LatencySettings(warmup=0, min_iterations=8, max_iterations=64, min_seconds=0.4)
     parallel = measure_throughput(two_at_once, images, settings, requests=2)
-    serial = measure(lambda b: time.sleep(0.02), images[:1], settings)
-    assert parallel.images_per_second > 1.5 * serial.throughput_ips
+    serial = measure(lambda b: time.sleep(0.05), images[:1], settings)
+    assert parallel.images_per_second > 1.3 * serial.throughput_ips
 
 
 def test_latency_throughput_is_images_over_the_wall_time():
