@@ -54,6 +54,7 @@ from resnet_deploy.pipeline.records import (
 )
 from resnet_deploy.pipeline.report import gate, render_markdown
 from resnet_deploy.pipeline.settings import EMBEDDED_MODEL, BuildSettings
+from resnet_deploy.pipeline.verdict import cannot_pass
 from resnet_deploy.targets import (
     Artifact,
     CompileInput,
@@ -175,7 +176,7 @@ def build(settings: BuildSettings, *, ui: Ui) -> BuildResult:
                 baseline = reference_stage(loaded, data, ui)
                 data = data.evaluated(baseline.evals)  # the images the first pass could read
             artifacts: list[Artifact] = []
-            fb = fallback_for(settings, converted, data, ui)
+            fb = fallback_for(settings, converted, data, baseline, ui)
             for target in targets:
                 with stage(f"compile:{target.name}"):
                     artifacts += compile_stage(target, options[target.name], converted, data, loaded.num_classes,
@@ -410,10 +411,20 @@ def reference_stage(loaded: ckpt.LoadedModel, data: Data, ui: Ui) -> Baseline:
                     preds, evals)
 
 
-def fallback_for(s: BuildSettings, converted: Converted, data: Data, ui: Ui) -> Fallback:
-    """The mixed-precision fallback every compile goes through: its gate, cap and held-out images."""
-    spare = data.held_out
-    return Fallback(mode=s.fallback, min_agreement=s.min_agreement, max_drop=s.max_drop,
+def fallback_for(s: BuildSettings, converted: Converted, data: Data, baseline: Baseline, ui: Ui) -> Fallback:
+    """The mixed-precision fallback every compile goes through: its gate, cap and held-out images. Off when
+    the evaluation cannot verify any INT8 row (a one-class model, too few images): keeping layers in float
+    would cost compiles and latency for a verdict that cannot say whether they helped."""
+    spare, mode = data.held_out, s.fallback
+    if mode == "auto" and s.max_drop >= 100 and s.min_agreement <= 0:
+        mode = "off"  # a gate every row passes: no layer can need to stay in float
+    if mode == "auto":
+        reasons = cannot_pass(data.evals.labels, baseline.predictions, data.prep.class_names, max_drop=s.max_drop)
+        if reasons:
+            ui.warn("--fallback auto: skipped, no layer is kept in float: this evaluation cannot verify any INT8 "
+                    "row (" + "; ".join(reasons) + ").")
+            mode = "off"
+    return Fallback(mode=mode, min_agreement=s.min_agreement, max_drop=s.max_drop,
                     max_float_layers=s.max_float_layers, fp32_onnx=converted.onnx,
                     calibration=data.calib.inputs(data.prep),
                     held_out=spare.inputs(data.prep) if spare else np.zeros((0, *data.prep.shape), np.float32),

@@ -139,6 +139,22 @@ def evaluation_reasons(labels: np.ndarray, fp32: np.ndarray, class_names: tuple[
     return tuple(reasons)
 
 
+def cannot_pass(labels: np.ndarray, fp32: np.ndarray, class_names: tuple[str, ...] = (), *,
+                max_drop: float) -> tuple[str, ...]:
+    """Why no INT8 row can come out PASSED on this evaluation, whatever it predicts (none: one can): the
+    evaluation's own reasons, or a drop interval wider than +-max_drop even for a row identical to FP32."""
+    reasons = list(evaluation_reasons(labels, fp32, class_names))
+    n = len(labels)
+    if n:
+        correct = int((fp32 == labels).sum())
+        low, high = paired_difference(correct, 0, 0, n - correct)
+        half = (high - low) / 2 * 100
+        if half > max_drop + _EPS:
+            reasons.append(f"on {n} evaluation images even an INT8 row that agrees with FP32 on every image has a "
+                           f"drop interval of +-{half:.2f} points, wider than --max-drop {max_drop:g}")
+    return tuple(reasons)
+
+
 def confusion_delta(labels: np.ndarray, fp32: np.ndarray, int8: np.ndarray) -> tuple[tuple[int, int, int], ...]:
     """The confusion matrix of INT8 minus FP32's (rows: label, columns: predicted), as its non-zero cells
     ``(label, predicted, change)``: the counts that moved, largest first."""

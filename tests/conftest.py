@@ -18,6 +18,12 @@ from torch import nn
 
 from resnet_deploy.calibration.sources import fashion_mnist_dir
 
+# pytest-xdist runs one worker per core: a worker's PyTorch (and the CLIs it starts) on one intra-op thread.
+# Two OpenMP pools of two threads on two cores spin at each other's barriers: measured 5.6x slower here.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
 # The project's root is parents[1]; the shared data sets live beside it, never inside the package.
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 CIFAR10_DIR = SHARED_DATASETS / "cifar10"
@@ -39,9 +45,10 @@ def fashion_mnist() -> Path:
 
 
 # The one real bundle most tests read: the embedded default for both CPU targets and the simulated Jetson
-# (xavier-nx, for its DLA), on 1,000 evaluation and 200 calibration images, with short latency runs.
+# (xavier-nx, for its DLA), on 1,000 evaluation and 200 calibration images, with short latency runs and no
+# mixed-precision fallback (tests/test_fallback.py and the slow hard-model checks cover it).
 SHARED_BUILD = ("--target", "openvino", "--target", "onnxruntime", "--target", "jetson", "--device", "xavier-nx",
-                "--eval-samples", "1000", "--calib-samples", "200", "--latency-seconds", "0.05")
+                "--eval-samples", "1000", "--calib-samples", "200", "--latency-seconds", "0.05", "--fallback", "off")
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +71,16 @@ def shared_bundle(tmp_path_factory, fashion_mnist) -> Iterator[Path]:
     verify_bundle(out)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (one file per worker at a time, in this order) the first file that reads the shared
+    bundle goes first and the others last: one worker builds it while the other runs files that need nothing
+    of it, instead of both waiting on its lock at the start."""
+    readers = list(dict.fromkeys(str(item.path) for item in items if "shared_bundle" in item.fixturenames))
+    if readers:
+        rank = {path: (0 if i == 0 else 2) for i, path in enumerate(readers)}
+        items.sort(key=lambda item: rank.get(str(item.path), 1))
+
+
 @pytest.fixture(scope="session")
 def shared_build_flags() -> tuple[str, ...]:
     return SHARED_BUILD
@@ -73,6 +90,19 @@ def shared_build_flags() -> tuple[str, ...]:
 def bundle_copy(shared_bundle, tmp_path) -> Path:
     """A private copy of the shared bundle, to change."""
     return Path(shutil.copytree(shared_bundle, tmp_path / "bundle", symlinks=True))
+
+
+@pytest.fixture()
+def stub_target() -> Iterator[str]:
+    """``--target contract-stub`` (tests/stub_target.py) registered for one test: a build through it costs the
+    shared stages only, for tests of error paths and of the build chain rather than of a quantizer."""
+    from stub_target import StubTarget
+
+    from resnet_deploy.targets import register, unregister
+
+    register(StubTarget)
+    yield StubTarget.name
+    unregister(StubTarget.name)
 
 
 @pytest.fixture(scope="module")

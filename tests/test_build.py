@@ -110,20 +110,20 @@ def test_bench_reproduces_the_build_accuracy_on_the_bundled_sample(cpu_bundle, t
     assert acc["top1"] == pytest.approx(acc["build_top1_same_images"], abs=1e-9)
 
 
-def test_rebuilding_replaces_the_bundle_whole(tmp_path, fashion_mnist):
-    """A second build into an existing bundle folder swaps it; a file the old one did not write needs --force,
+def test_rebuilding_replaces_the_bundle_whole(bundle_copy, stub_target):
+    """A build into an existing bundle folder swaps it; a file the old one did not write needs --force,
     then nothing of the old one lingers."""
-    out = tmp_path / "b"
-    args = ["build", "--target", "onnxruntime", "--out", str(out), "--eval-samples", "1000",
-            "--calib-samples", "20", "--latency-seconds", "0", "-q"]
-    assert CliRunner().invoke(main, args).exit_code == 0
+    out = bundle_copy  # the shared bundle's openvino, onnxruntime and jetson rows
+    args = ["build", "--target", stub_target, "--out", str(out), "--eval-samples", "200", "--max-drop", "100",
+            "--fallback", "off", "--calib-samples", "20", "--latency-seconds", "0", "-q"]
     assert CliRunner().invoke(main, args).exit_code == 0  # a bundle of ours alone is replaced without --force
+    assert not (out / "openvino").exists() and (out / stub_target).is_dir()
     (out / "stale.txt").write_text("old")
     refused = CliRunner().invoke(main, args)
     assert refused.exit_code == 2 and "stale.txt" in refused.output and (out / "stale.txt").exists()
     assert CliRunner().invoke(main, [*args, "--force"]).exit_code == 0
     assert not (out / "stale.txt").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
 
 
 def test_eval_sample_is_compact_and_labelled(cpu_bundle):

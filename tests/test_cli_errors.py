@@ -165,28 +165,28 @@ def test_missing_runtime_names_the_package(monkeypatch, out):
     assert_clean_failure(run("build", "--target", "openvino", "--out", str(out)), "pip install nncf")
 
 
-def test_gate_failure_writes_a_failed_report_and_exits_non_zero(monkeypatch, tmp_path, fashion_mnist):
+def test_gate_failure_writes_a_failed_report_and_exits_non_zero(monkeypatch, tmp_path, fashion_mnist, stub_target):
     from resnet_deploy.pipeline import build as build_mod
 
     monkeypatch.setattr(build_mod, "gate", lambda rows, preds, *, max_drop, **_: Gate(max_drop, False,
                                                                                         ("onnxruntime int8: forced",)))
     out = tmp_path / "failed"
-    result = run("build", "--target", "onnxruntime", "--out", str(out), "--eval-samples", "50", "--calib-samples", "10",
-                 "--latency-seconds", "0")
+    result = run("build", "--target", stub_target, "--out", str(out), "--eval-samples", "50", "--calib-samples", "10",
+                 "--fallback", "off", "--latency-seconds", "0")
     assert_clean_failure(result, "gate failed", "forced", code=4)
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "failed" and report["gate"]["passed"] is False
     assert "FAILED" in (out / "report.md").read_text()
 
 
-def test_interrupted_build_leaves_nothing(monkeypatch, out, fashion_mnist):
+def test_interrupted_build_leaves_nothing(monkeypatch, out, fashion_mnist, stub_target):
     from resnet_deploy.pipeline import build as build_mod
 
     def interrupt(*args):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(build_mod, "validate_stage", interrupt)
-    result = run("build", "--target", "onnxruntime", "--out", str(out), "--eval-samples", "50", "--calib-samples", "10",
+    result = run("build", "--target", stub_target, "--out", str(out), "--eval-samples", "50", "--calib-samples", "10",
                  "--latency-seconds", "0")
     assert_clean_failure(result, "interrupted", code=130)
 
@@ -200,12 +200,12 @@ def test_help_works():
     assert result.exit_code == 0 and "build" in result.output and "infer" in result.output
 
 
-def test_gate_failure_with_json_prints_the_failed_report(monkeypatch, tmp_path, fashion_mnist):
+def test_gate_failure_with_json_prints_the_failed_report(monkeypatch, tmp_path, fashion_mnist, stub_target):
     from resnet_deploy.pipeline import build as build_mod
 
     monkeypatch.chdir(tmp_path)  # default --out (build/<arch>-<target>) lands here
     monkeypatch.setattr(build_mod, "gate", lambda rows, preds, *, max_drop, **_: Gate(max_drop, False, ("forced",)))
-    result = CliRunner().invoke(main, ["build", "--target", "onnxruntime", "--eval-samples", "50",
+    result = CliRunner().invoke(main, ["build", "--target", stub_target, "--eval-samples", "50", "--fallback", "off",
                                                        "--calib-samples", "10", "--latency-seconds", "0", "--json"])
     assert result.exit_code == 4
     assert json.loads(result.stdout)["status"] == "failed"

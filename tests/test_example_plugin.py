@@ -61,8 +61,8 @@ def site(tmp_path_factory) -> Path:
 def built(site, fashion_mnist, tmp_path_factory) -> Path:
     """``build --target onnx-reference`` with the embedded default model on real images."""
     work = tmp_path_factory.mktemp("built")
-    # 200 images cannot verify a 1-point gate (exit 5, UNVERIFIED); this test is about the plug-in, not the verdict
-    ok(cli("build", "--target", NAME, "--eval-samples", "200", "--calib-samples", "32", "--latency-seconds", "0",
+    # 60 images cannot verify a 1-point gate (exit 5, UNVERIFIED); this test is about the plug-in, not the verdict
+    ok(cli("build", "--target", NAME, "--eval-samples", "60", "--calib-samples", "16", "--latency-seconds", "0",
            "--max-drop", "100", "--min-agreement", "0", "--out", "bundle", "-q",
            site=site, cwd=work))
     return work / "bundle"
@@ -120,6 +120,7 @@ def test_plugin_is_invisible_without_the_package(built, site, image, tmp_path):
     assert NAME in flat and "plug-in" in flat, flat
 
 
+@pytest.mark.slow  # the ONNX reference evaluator is pure Python: the contract takes seconds per call
 def test_the_installed_plugin_passes_the_target_contract(site, fashion_mnist):
     """tests/targets/test_contract.py collects every installed target: with the package installed, this one."""
     result = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/targets/test_contract.py",

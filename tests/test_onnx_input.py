@@ -174,6 +174,7 @@ def test_flag_conflicts_and_missing_normalisation_are_named(embedded_onnx, tmp_p
     assert "Traceback" not in both.output + no_norm.output + wrong_size.output
 
 
+@pytest.mark.slow  # a full real build from an ONNX file: make test-slow
 def test_end_to_end_the_fp32_reference_is_the_graph_and_equals_pytorch(embedded, embedded_onnx, fashion_mnist,
                                                                          tmp_path):
     prep = embedded.meta["preprocessing"]

@@ -17,8 +17,8 @@ from resnet_deploy.cli import main
 from resnet_deploy.pipeline.device import choose_artifact, load_runner, open_bundle
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "recipes"
-FLAGS = ["--target", "onnxruntime", "--target", "jetson", "--eval-samples", "1000", "--calib-samples", "64",
-         "--latency-seconds", "0", "-q"]
+FLAGS = ["--target", "onnxruntime", "--target", "jetson", "--eval-samples", "300", "--calib-samples", "64",
+         "--max-drop", "100", "--fallback", "off", "--latency-seconds", "0", "-q"]
 
 
 def run(*args):
@@ -50,6 +50,7 @@ def from_flags(tmp_path_factory, fashion_mnist) -> Path:
     return out
 
 
+@pytest.mark.slow  # two real builds (onnxruntime + jetson): make test-slow
 def test_the_bundle_keeps_its_recipe_and_it_builds_the_same_bundle(from_flags, tmp_path):
     recipe = yaml.safe_load((from_flags / recipes.RECIPE).read_text())
     assert recipe["target"] == ["onnxruntime", "jetson"] and recipe["calib-samples"] == 64
@@ -126,3 +127,13 @@ def test_train_takes_a_recipe_too(tmp_path):
     path.write_text("arch: resnet56\nepochs: 3\nschedule: cosine\n")
     ctx = train_command.make_context("train", ["--recipe", str(path), "--epochs", "5"])
     assert (ctx.params["arch"], ctx.params["epochs"], ctx.params["schedule"]) == ("resnet56", 5, "cosine")
+
+
+def test_a_bundles_recipe_gives_the_settings_it_was_built_with(shared_bundle, shared_build_flags):
+    """The cheap half of the round trip (the rebuild itself is in the slow suite): recipe.yaml parses back into
+    the flags the bundle was built with."""
+    def params(args: list[str]) -> dict:
+        ctx = build_command.make_context("build", args)
+        return {k: v for k, v in ctx.params.items() if k not in ("recipe", "out", "quiet")}
+
+    assert params(["--recipe", str(shared_bundle / recipes.RECIPE)]) == params(list(shared_build_flags))

@@ -4,6 +4,7 @@ with memory that does not grow with the number of images."""
 from __future__ import annotations
 
 import threading
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -22,11 +23,11 @@ PREP = Preprocessing((24, 24), 3, (0.5,) * 3, (0.25,) * 3)
 class CountingSource(ArraySource):
     """Random 16x16 RGB images (resized to 24x24 on the pool), counting the reads and the threads reading."""
 
-    def __init__(self, n: int, *, broken: frozenset[int] = frozenset()) -> None:
+    def __init__(self, n: int, *, broken: frozenset[int] = frozenset(), delay: float = 0.0) -> None:
         rng = np.random.default_rng(n)
         super().__init__("counted", rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8),
                          np.arange(n, dtype=np.int64) % 7, tuple("abcdefg"))
-        self.broken, self.reads, self.threads = broken, 0, set()
+        self.broken, self.delay, self.reads, self.threads = broken, delay, 0, set()
         self.lock = threading.Lock()
 
     def read(self, index: int, *, min_side: int | None = None) -> np.ndarray:
@@ -35,11 +36,12 @@ class CountingSource(ArraySource):
             self.threads.add(threading.get_ident())
         if index in self.broken:
             raise OSError("truncated")
+        time.sleep(self.delay)  # a slow disk: without it one thread may finish each chunk before the next is queued
         return self.images[index]
 
 
 def test_chunks_come_in_order_and_match_a_serial_decode():
-    source = CountingSource(70)
+    source = CountingSource(70, delay=0.005)
     indices = np.arange(5, 70, 2)
     stream = ImageStream(source, indices, PREP, flag="--eval-data", chunk=8, workers=3)
     chunks = list(stream)

@@ -16,7 +16,14 @@ from resnet_deploy.pipeline import predictions as predictions_io
 from resnet_deploy.pipeline.predictions import Predictions, RowPredictions
 from resnet_deploy.pipeline.records import Gate, Latency, ResultRow, to_json
 from resnet_deploy.pipeline.report import gate
-from resnet_deploy.pipeline.verdict import Paired, confusion_delta, mcnemar_exact, paired_difference, wilson
+from resnet_deploy.pipeline.verdict import (
+    Paired,
+    cannot_pass,
+    confusion_delta,
+    mcnemar_exact,
+    paired_difference,
+    wilson,
+)
 
 # --- the statistics --------------------------------------------------------------------------------------
 
@@ -176,6 +183,19 @@ def test_failed_outranks_unverified_outranks_passed():
 # --- the predictions in the bundle -----------------------------------------------------------------------
 
 
+def test_cannot_pass_says_before_any_int8_row_when_no_row_could_pass():
+    """What turns the mixed-precision fallback off: the reasons hold for every INT8 row, even a perfect one."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 1000)
+    good = np.where(rng.random(1000) < 0.9, labels, (labels + 1) % 10)
+    assert cannot_pass(labels, good, max_drop=1.0) == ()
+    (one_class,) = cannot_pass(labels, np.full(1000, 3), max_drop=100.0)[:1]
+    assert "not clearly above chance" in one_class
+    (few,) = cannot_pass(labels[:10], good[:10], max_drop=1.0)
+    assert "on 10 evaluation images" in few and "wider than --max-drop 1" in few
+    assert cannot_pass(labels[:10], good[:10], max_drop=100.0) == ()
+
+
 def test_predictions_round_trip_through_the_manifest_and_damage_is_refused(tmp_path):
     ids = np.asarray(["a/1.png", "b/22.png", "c/333.png"])
     preds = Predictions(ids, np.array([0, 1, 2]), np.array([0, 1, 1]),
@@ -198,26 +218,27 @@ def test_predictions_round_trip_through_the_manifest_and_damage_is_refused(tmp_p
 # --- end to end ----------------------------------------------------------------------------------------------
 
 
-def test_ten_evaluation_images_build_is_unverified_with_its_own_exit_code(tmp_path, fashion_mnist):
+def test_ten_evaluation_images_build_is_unverified_with_its_own_exit_code(tmp_path, fashion_mnist, stub_target):
     out = tmp_path / "b"
-    result = CliRunner().invoke(main, ["build", "--target", "onnxruntime", "--eval-samples", "10",
+    result = CliRunner().invoke(main, ["build", "--target", stub_target, "--eval-samples", "10",
                                        "--calib-samples", "32", "--out", str(out), "--json"])
     assert result.exit_code == GateUnverified.exit_code == 5, result.output
     assert GateFailed.exit_code == 4
+    assert "--fallback auto: skipped" in " ".join(result.stderr.split())  # nothing it did could be verified
     report = json.loads(result.stdout)  # --json prints the unverified report, as for a failed one
     assert report["status"] == "unverified" and report["gate"]["status"] == "unverified"
     assert any("10 evaluation images cannot tell" in r for r in report["gate"]["unverified"])
     (row,) = report["gate"]["rows"]
-    assert row["target"] == "onnxruntime" and row["images"] == 10 and row["drop_high"] - row["drop_low"] > 2
+    assert row["target"] == stub_target and row["images"] == 10 and row["drop_high"] - row["drop_low"] > 2
     assert {"mcnemar_p", "fp32_only_correct", "int8_only_correct", "drop_low"} <= set(row)
     manifest = bundle_io.verify_bundle(out)
     assert predictions_io.FILE in manifest["files"]
     preds = predictions_io.load(out)
     assert len(preds.image_ids) == 10 and {(r.target, r.precision) for r in preds.rows} == {
-        ("onnxruntime", "fp32"), ("onnxruntime", "int8")}
+        (stub_target, "fp32"), (stub_target, "int8")}
     assert "UNVERIFIED" in (out / "report.md").read_text()
     html = (out / "report.html").read_text()
-    assert 'class="badge unverified"' in html and "Quantization settings" in html and "calibrate_method" in html
+    assert 'class="badge unverified"' in html and "Quantization settings" in html and "per-channel" in html
 
 
 @pytest.mark.slow

@@ -26,8 +26,21 @@ from resnet_deploy.errors import EnvironmentFault
 from resnet_deploy.interrupts import TEST_PAUSE_ENV
 
 CLI = [sys.executable, "-m", "resnet_deploy"]
-FAST = ["--target", "onnxruntime", "--eval-samples", "1000", "--calib-samples", "64", "--latency-seconds", "0", "-q"]
+# What these tests build is beside the point (the signal, the disk, the permissions are): a small, sure pass.
+FAST = ["--target", "onnxruntime", "--eval-samples", "200", "--calib-samples", "16", "--max-drop", "100",
+        "--fallback", "off", "--latency-seconds", "0", "-q"]
 TIMEOUT = 120
+
+
+@pytest.fixture(autouse=True)
+def sigint_not_ignored():
+    """A child inherits an ignored SIGINT (and Python then installs no KeyboardInterrupt handler): under
+    pytest-xdist the worker may ignore it, so give the children what an interactive shell gives them."""
+    before = signal.getsignal(signal.SIGINT)
+    if before == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
 
 
 def cli(*args, env=None, **kwargs) -> subprocess.CompletedProcess:
@@ -73,7 +86,8 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 # --- signals ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("point, sig", [("data", signal.SIGINT), ("report", signal.SIGTERM)])
+@pytest.mark.parametrize("point, sig", [("data", signal.SIGINT),
+                                        pytest.param("report", signal.SIGTERM, marks=pytest.mark.slow)])
 def test_signal_before_publish_leaves_the_old_bundle_untouched(bundle_copy, point, sig):
     before = snapshot(bundle_copy)
     code, err = signal_at(point, sig, "build", "--out", bundle_copy, *FAST)
@@ -93,6 +107,7 @@ def test_second_ctrl_c_during_cleanup_prints_no_traceback(tmp_path, fashion_mnis
     assert not out.exists() and leftovers(tmp_path, "new") == []
 
 
+@pytest.mark.slow  # a full build in a subprocess; the data-stage signal test stays in the fast suite
 def test_signal_inside_publish_is_held_until_the_new_bundle_is_in_place(bundle_copy):
     before = snapshot(bundle_copy)
     code, err = signal_at("publish", signal.SIGTERM, "build", "--out", bundle_copy, *FAST)
@@ -194,6 +209,7 @@ def test_disk_full_is_a_user_error_naming_the_path(tmp_path, fashion_mnist):
         assert list(disk.iterdir()) == []
 
 
+@pytest.mark.slow  # the full-disk test takes the same path to the same message
 def test_read_only_out_is_a_user_error_naming_the_path(tmp_path):
     with tmpfs(tmp_path / "ro", read_only=True) as disk:
         for args in (["build", "--out", disk / "b", *FAST], ["train", "--out", disk / "run", "--epochs", "1"]):
@@ -214,6 +230,7 @@ def test_library_error_without_errno_on_a_full_disk_is_named(tmp_path):
         raise RuntimeError("a bug")
 
 
+@pytest.mark.slow  # a build in a subprocess for one message; the permission test covers the path
 def test_out_under_proc_is_a_user_error(tmp_path):
     done = cli("build", "--out", "/proc/x/b", *FAST)
     assert done.returncode == 2, done.stderr
@@ -245,7 +262,7 @@ def test_oserror_with_an_environment_errno_is_described():
 
 # --- a reader that went away ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args", [["archs"], ["targets"]])
+@pytest.mark.parametrize("args", [pytest.param(["archs"], marks=pytest.mark.slow), ["targets"]])
 def test_closed_stdout_stops_quietly_with_141(args):
     read, write = os.pipe()
     os.close(read)  # the reader is gone before the first line: `| head -0`
