@@ -4,7 +4,8 @@
    CIFAR-10 JPEGs: each image upscaled to a shorter side of ``--side`` pixels (a longer side up to
    ``--max-side``), re-encoded as JPEG, in class folders under ``test/`` and ``train/``.
 2. Runs the build of issue 12 on it as a child process (``build --arch resnet18 --num-classes 10
-   --input-size 224 --target openvino --target onnxruntime --max-drop 100 --fallback off``) and samples the
+   --input-size 224 --target openvino --target onnxruntime --max-drop 100``, exactly; on a random model the
+   build skips ``--fallback auto`` by itself and says so) and samples the
    memory of its whole process tree (RSS every 0.1 s; its members and PSS every second); prints the peaks, every stage's
    seconds and images/s (from the bundle's ``report.json``).
 3. Times the bundle's OpenVINO INT8 IR with ``resnet-deploy bench --hint throughput`` and with OpenVINO's own
@@ -37,7 +38,7 @@ CIFAR10 = ROOT.parent / "shared" / "datasets" / "cifar10"
 VENV_BIN = Path(sys.executable).parent
 CACHE = ROOT / "build" / "bench-scale"
 BUILD_ARGS = ["--arch", "resnet18", "--num-classes", "10", "--input-size", "224", "--target", "openvino",
-              "--target", "onnxruntime", "--max-drop", "100", "--fallback", "off"]
+              "--target", "onnxruntime", "--max-drop", "100"]
 
 
 # --- 1. the synthetic set ------------------------------------------------------------------------------

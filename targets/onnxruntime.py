@@ -1,10 +1,9 @@
 """ONNX Runtime on CPU: the FP32 ONNX as is, and INT8 by ONNX Runtime's static quantization.
 
 Settings chosen by measurement (figures: benchmarks/results/README.md, "targets/onnxruntime.py"):
-- QDQ U8S8 (uint8 activations, int8 per-channel weights): fastest on x86, where s8 x s8 has no fast path.
-- ``reduce_range`` (7-bit weights) only without VNNI, where u8 x s8 products can saturate the 16-bit
-  intermediate (ONNX Runtime's docs); with VNNI it loses a bit of precision and gains nothing.
-- MinMax calibration: Percentile and Entropy were no more accurate, and MinMax is the cheapest.
+- QDQ U8S8 (uint8 activations, int8 per-channel weights): fastest on x86 (s8 x s8 has no fast path; U8U8 1.4x slower).
+- Without VNNI, 7-bit weights only on layers reading a signed input (stem, SE squeeze): only there u8 x s8 saturates.
+- Logits (output head) left float; ``--calib-method auto``, MinMax or per-image mean per model: int8_agreement_cifar.md.
 - Intra-op spinning off: spinning idle threads fight other processes for the cores, much slower on a
   shared CPU and barely faster on an idle one; builds and edge devices share their CPU.
 - Throughput (validation passes, ``bench --hint throughput``): one session run concurrently from one thread
@@ -117,9 +116,12 @@ class _Reader:
         self.i = 0
 
 
-# --calib-method: our names for ONNX Runtime's calibrators (MinMax is the same rule as TensorRT's "max").
-CALIB_METHODS = {"max": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
-DEFAULT_CALIB_METHOD = "max"  # see the module docstring
+# --calib-method: our names for ONNX Runtime's calibrators (MinMax is the same rule as TensorRT's "max"; "mean_max"
+# is MinMax with CalibMovingAverage, which over one pass averages each image's min/max: NNCF's default rule).
+# Their order is the preference among equal scores under "auto".
+CALIB_METHODS = {"max": "MinMax", "percentile": "Percentile", "mean_max": "MinMax", "entropy": "Entropy"}
+_CALIB_EXTRA: dict[str, dict[str, Any]] = {"mean_max": {"CalibMovingAverage": True}}
+DEFAULT_CALIB_METHOD = AUTO_METHOD  # see the module docstring
 
 
 @dataclass(frozen=True)
@@ -166,30 +168,123 @@ def excluded_nodes(graph, layers: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+# A layer reading a non-negative tensor (a Relu or Sigmoid output, through ops that keep the sign) gets uint8 codes
+# with zero point 0, mostly small; a signed input has its zero point mid-range and every code large, so u8 x s8 pairs
+# overflow the 16-bit sums of AVX2 without VNNI there (ONNX Runtime's docs name the saturation, not where it hits).
+_NON_NEGATIVE = ("Relu", "Sigmoid")
+_SIGN_KEEPING = ("MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Flatten", "Reshape", "Transpose",
+                 "Squeeze", "Unsqueeze", "Slice")
+
+
+def signed_input_layers(graph) -> list[str]:
+    """The Conv/Gemm nodes of ``graph`` whose data input can be negative: the stem reading the normalised image, an
+    SE block's squeeze reading the pooled block output."""
+    from onnx import numpy_helper
+
+    producer = {o: n for n in graph.node for o in n.output}
+    consts = {i.name: i for i in graph.initializer}
+
+    def non_negative(node) -> bool:
+        if node.op_type in _NON_NEGATIVE:
+            return True
+        if node.op_type != "Clip":
+            return False
+        low = next((a.f for a in node.attribute if a.name == "min"), None)  # opset < 11
+        if len(node.input) > 1 and node.input[1] in consts:
+            low = float(numpy_helper.to_array(consts[node.input[1]]).min())
+        return low is not None and low >= 0.0
+
+    out = []
+    for n in graph.node:
+        if n.op_type not in ("Conv", "Gemm") or len(n.input) < 2 or n.input[1] not in consts:
+            continue
+        tensor = n.input[0]
+        while tensor in producer and producer[tensor].op_type in _SIGN_KEEPING and producer[tensor].input:
+            tensor = producer[tensor].input[0]
+        if not (tensor in producer and non_negative(producer[tensor])):
+            out.append(n.name)
+    return out
+
+
+# Ops between the last weighted layer and the model's output that a classifier head may have.
+_HEAD_OPS = (*_PASS_THROUGH, "Softmax", "LogSoftmax", "Identity", "Cast")
+
+
+def output_head(graph) -> list[str]:
+    """The nodes that make the model's outputs, back to and including the last weighted layer (through
+    ``_HEAD_OPS`` and a bias Add): kept in float so that the logits are never quantized.
+
+    ONNX Runtime puts Q/DQ on the output of every node it quantizes, the model's output included; uint8 logits
+    round close scores together and flip predictions, which neither NNCF nor TensorRT's Q/DQ placement does."""
+    producer = {o: n for n in graph.node for o in n.output}
+    consts = {i.name for i in graph.initializer}
+    out: list[str] = []
+    for output in graph.output:
+        node = producer.get(output.name)
+        while node is not None and node.name not in out:
+            out.append(node.name)
+            data = [t for t in node.input if t and t not in consts]
+            bias_add = node.op_type in ("Add", "Sub") and len(data) == 1
+            if not data or not (node.op_type in _HEAD_OPS or bias_add):
+                break
+            node = producer.get(data[0])
+    return out
+
+
+def _seven_bit_overrides(graph, layers: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """``TensorQuantOverrides`` giving ``layers``' weights 7 bits: one entry per channel along ORT's own channel axis
+    (the per-channel form every ORT release with overrides reads)."""
+    nodes = {n.name: n for n in graph.node}
+    dims = {i.name: list(i.dims) for i in graph.initializer}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name in layers:
+        node = nodes[name]
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        axis = 0 if node.op_type == "Conv" or trans_b else 1
+        out[node.input[1]] = [{"axis": axis, "reduce_range": True} for _ in range(dims[node.input[1]][axis])]
+    return out
+
+
 def quantize_static_qdq(fp32: Path, out: Path, calibration: np.ndarray, *, reduce_range: bool | None = None,
-                        calibrate_method: str = "MinMax", per_channel: bool = True,
+                        method: str = "max", per_channel: bool = True,
                         float_layers: Sequence[str] = ()) -> dict[str, Any]:
-    """Static INT8 quantization of ``fp32`` into ``out``, ``float_layers`` (ONNX node names) kept in float;
-    returns the settings used."""
+    """Static INT8 quantization of ``fp32`` into ``out`` with the range rule ``method`` (one of ``CALIB_METHODS``),
+    ``float_layers`` (ONNX node names) kept in float; returns the settings used.
+
+    ``reduce_range``: True or False as ONNX Runtime's flag (7-bit weights everywhere or nowhere); None (default):
+    without VNNI, 7-bit weights on ``signed_input_layers`` only, with VNNI nowhere (see the module docstring)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    reduce = (not has_vnni()) if reduce_range is None else reduce_range
+    calibrate_method = CALIB_METHODS[method]
     prepared = out.with_name(out.stem + ".pre.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
     try:
-        excluded = excluded_nodes(onnx.load(str(prepared), load_external_data=False).graph, float_layers)
+        graph = onnx.load(str(prepared), load_external_data=False).graph
+        excluded = excluded_nodes(graph, float_layers)
+        head = [n for n in output_head(graph) if n not in excluded]
+        extra = dict(_CALIB_EXTRA.get(method, {}))
+        seven_bit: list[str] = []
+        if reduce_range is None and not has_vnni():
+            seven_bit = [n for n in signed_input_layers(graph) if n not in excluded and n not in head]
+            if seven_bit:
+                extra["TensorQuantOverrides"] = _seven_bit_overrides(graph, seven_bit)
         quantize_static(
             str(prepared), str(out), _Reader("input", calibration),
             quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            per_channel=per_channel, reduce_range=reduce, calibrate_method=getattr(CalibrationMethod, calibrate_method),
-            nodes_to_exclude=excluded,
+            per_channel=per_channel, reduce_range=bool(reduce_range),
+            calibrate_method=getattr(CalibrationMethod, calibrate_method), nodes_to_exclude=excluded + head,
+            extra_options=extra,
         )
     finally:
         prepared.unlink(missing_ok=True)
     return {"format": "QDQ", "activations": "uint8", "weights": "int8", "per_channel": per_channel,
-            "reduce_range": reduce, "calibrate_method": calibrate_method, "calibration_images": len(calibration),
+            "reduce_range": bool(reduce_range or seven_bit),
+            **({"reduce_range_layers": seven_bit} if seven_bit else {}),
+            "calib_method": method, "calibrate_method": calibrate_method,
+            "calib_moving_average": bool(_CALIB_EXTRA.get(method, {}).get("CalibMovingAverage")),
+            "calibration_images": len(calibration), "float_output_head": head,
             **({"float_layers": list(float_layers), "nodes_to_exclude": excluded} if float_layers else {})}
 
 
@@ -198,16 +293,14 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, *, method: str
     """``quantize_static_qdq`` with one of ``CALIB_METHODS``, or with each ("auto"), keeping the one whose model
     agrees best with FP32 on the calibration images."""
     if method != AUTO_METHOD:
-        return quantize_static_qdq(fp32, out, calibration, calibrate_method=CALIB_METHODS[method],
-                                   float_layers=float_layers)
+        return quantize_static_qdq(fp32, out, calibration, method=method, float_layers=float_layers)
     check = calibration[:AGREEMENT_IMAGES]
     reference = predictions(OrtRunner(fp32, threads=None).run, check)
     scores: dict[str, float] = {}
     settings: dict[str, dict[str, Any]] = {}
-    for name, calibrator in CALIB_METHODS.items():
+    for name in CALIB_METHODS:
         candidate = out.with_name(f"{out.stem}.{name}{out.suffix}")
-        settings[name] = quantize_static_qdq(fp32, candidate, calibration, calibrate_method=calibrator,
-                                             float_layers=float_layers)
+        settings[name] = quantize_static_qdq(fp32, candidate, calibration, method=name, float_layers=float_layers)
         scores[name] = agreement(reference, OrtRunner(candidate).run, check)
     chosen = best(scores, tuple(CALIB_METHODS))
     for name in CALIB_METHODS:
@@ -216,7 +309,8 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, *, method: str
             candidate.replace(out)
         else:
             candidate.unlink(missing_ok=True)
-    return {**settings[chosen], "calib_method": AUTO_METHOD, "calibrate_method_candidates": scores}
+    return {**settings[chosen], "calib_method": AUTO_METHOD, "calib_method_chosen": chosen,
+            "calibrate_method_candidates": scores}
 
 
 class OnnxRuntimeTarget(Target):
