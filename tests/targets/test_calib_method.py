@@ -150,3 +150,18 @@ def test_tensorrt_records_the_method_it_was_given(fashion_mnist, tmp_path):
     assert sim.details["quantization"]["amax_method"] == "percentile"
     assert "amax_candidates" not in sim.details["quantization"] and np.isfinite(
         sim.details["quantization"]["calibration_agreement"])
+
+
+def test_histogram_rules_see_only_the_images_their_memory_budget_holds(tmp_path, monkeypatch):
+    """ORT's Percentile/Entropy keep every intermediate tensor of every image: a budget caps their images."""
+    from resnet_deploy.targets import onnxruntime as ort_target
+
+    x, y = tiny.images(32)
+    model = tiny.write(tmp_path / "model_fp32.onnx", x, y)
+    per_image = ort_target.activation_bytes(model)
+    assert per_image > 0
+    monkeypatch.setattr(ort_target, "HISTOGRAM_BUDGET_BYTES", per_image * 20)
+    assert ort_target.histogram_images(model, 300) == 20
+    assert ort_target.histogram_images(model, 10) == 10
+    monkeypatch.setattr(ort_target, "HISTOGRAM_BUDGET_BYTES", 1)
+    assert ort_target.histogram_images(model, 300) == ort_target.MIN_HISTOGRAM_IMAGES
