@@ -94,12 +94,13 @@ class ThroughputStats:
 
 def measure_throughput(run_many: Callable[[np.ndarray], object], images: np.ndarray,
                        settings: LatencySettings = LatencySettings(), *, requests: int = 1) -> ThroughputStats:
-    """Images/s of ``run_many`` (a runner in its runtime's throughput mode) on ``images``: one warm-up pass
-    (when ``settings.warmup``), then passes over ``images`` until at least ``min_iterations`` images and
-    ``min_seconds`` are done, or ``max_iterations`` images. Make ``images`` many times ``requests`` long:
-    each pass ends by waiting for its last requests."""
+    """Images/s of ``run_many`` (a runner in its runtime's throughput mode) on ``images``: a warm-up on
+    ``settings.warmup`` images (at least one per request, as ``benchmark_app`` warms each up once), then passes
+    over ``images`` until at least ``min_iterations`` images and ``min_seconds`` are done, or
+    ``max_iterations`` images. Make ``images`` many times ``requests`` long: each pass ends by waiting for
+    its last requests."""
     if settings.warmup:
-        run_many(images)
+        run_many(images[: max(settings.warmup, requests)])
     clock = time.perf_counter
     done = 0
     start = clock()

@@ -54,7 +54,7 @@ def test_a_damaged_bundle_is_a_bundle_error(bundle_copy):
 
 def test_build_takes_the_cli_settings_and_returns_the_report(tmp_path, fashion_mnist):
     settings = BuildSettings(targets=("onnxruntime",), eval_samples=200, calib_samples=32, max_drop=100.0,
-                             fallback="off",
+                             fallback="off", target_options={"calib_method": "max"},
                              latency=LatencySettings(min_seconds=0.0))
     result = build(settings, out=tmp_path / "b")
     assert result.out == tmp_path / "b" and result.report.status == "passed"

@@ -181,8 +181,8 @@ def test_end_to_end_the_fp32_reference_is_the_graph_and_equals_pytorch(embedded,
     out = tmp_path / "bundle"
     result = CliRunner().invoke(main, [
         "build", "--onnx", str(embedded_onnx), "--target", "onnxruntime", "--mean", str(prep["mean"][0]),
-        "--std", str(prep["std"][0]), "--eval-samples", "400", "--calib-samples", "64", "--fallback", "off",
-        "--max-drop", "5", "--out", str(out), "-q"])
+        "--std", str(prep["std"][0]), "--eval-samples", "400", "--calib-samples", "64", "--calib-method", "max",
+        "--fallback", "off", "--max-drop", "5", "--out", str(out), "-q"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["reference"]["framework"] == "onnxruntime"

@@ -17,7 +17,7 @@ def test_counts_completed_images_until_both_minimums_hold():
     stats = measure_throughput(lambda b: calls.append(len(b)), np.zeros((8, 3)),
                                LatencySettings(warmup=1, min_iterations=20, max_iterations=1000, min_seconds=0.0),
                                requests=3)
-    assert calls == [8, 8, 8, 8]  # one warm-up pass, then passes until 20 images: 24
+    assert calls == [3, 8, 8, 8]  # a warm-up image per request, then passes until 20 images: 24
     assert stats.images == 24 and stats.requests == 3
     assert stats.to_dict()["throughput_ips"] == pytest.approx(stats.images / stats.seconds, rel=1e-2)
 

@@ -202,6 +202,8 @@ class ResNet(nn.Module):
 
     def _init_weights(self, stem: str) -> None:
         # He initialisation, as in the paper (section 3.4) and torchvision.
+        if self.fc.weight.is_meta:  # shapes only (parameter counts): torch's meta normal_ imports dynamo, 3 s
+            return
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -27,8 +27,8 @@ from resnet_deploy.interrupts import TEST_PAUSE_ENV
 
 CLI = [sys.executable, "-m", "resnet_deploy"]
 # What these tests build is beside the point (the signal, the disk, the permissions are): a small, sure pass.
-FAST = ["--target", "onnxruntime", "--eval-samples", "200", "--calib-samples", "16", "--max-drop", "100",
-        "--fallback", "off", "--latency-seconds", "0", "-q"]
+FAST = ["--target", "onnxruntime", "--eval-samples", "200", "--calib-samples", "16", "--calib-method", "max",
+        "--max-drop", "100", "--fallback", "off", "--latency-seconds", "0", "-q"]
 TIMEOUT = 120
 
 

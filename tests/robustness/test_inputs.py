@@ -246,8 +246,8 @@ def _small_bundle(tmp_path_factory, target: str) -> Path:
     """The embedded model built for one target on 200 evaluation and 32 calibration images (a sure pass)."""
     out = tmp_path_factory.mktemp(target) / "b"
     result = CliRunner().invoke(main, ["build", "--target", target, "--eval-samples", "200", "--max-drop", "100",
-                                       "--fallback", "off",
-                                       "--calib-samples", "32", "--latency-seconds", "0", "--out", str(out), "-q"])
+                                       "--fallback", "off", "--calib-samples", "32", "--calib-method", "max",
+                                       "--latency-seconds", "0", "--out", str(out), "-q"])
     assert result.exit_code == 0, result.output
     return out
 

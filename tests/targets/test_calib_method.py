@@ -70,6 +70,22 @@ def test_auto_keeps_the_method_that_agrees_best(fashion_mnist, tmp_path):
     assert sorted(p.name for p in (tmp_path / "onnxruntime").iterdir()) == ["model_int8.onnx"]  # candidates gone
 
 
+def test_openvino_auto_keeps_the_ir_that_agrees_best(fashion_mnist, tmp_path):
+    """The contract test compiles openvino with one rule (four NNCF runs cost it 15 s); auto is checked here."""
+    pytest.importorskip("nncf", reason="openvino INT8 needs nncf")
+    x, y = tiny.images(64)
+    fp32 = tiny.write(tmp_path / "model_fp32.onnx", x, y)
+    target = get_target("openvino")
+    int8 = target.compile(CompileInput(fp32, x, tiny.PREP, target.parse_options({"calib_method": "auto"})),
+                          tmp_path)[1]
+    q = int8.details["quantization"]
+    scores = q["calib_method_candidates"]
+    assert set(scores) == {"mean_max", "max", "quantile", "histogram"} and q["calib_method"] == "auto"
+    assert scores[q["calib_method_chosen"]] == max(scores.values())
+    assert sorted(p.name for p in (tmp_path / "openvino").iterdir()) == [
+        "model_fp32.bin", "model_fp32.xml", "model_int8.bin", "model_int8.xml"]  # candidates gone
+
+
 def _weight_codes(path: Path) -> dict[str, int]:
     """Largest |int8 code| of each quantized weight in a QDQ model, by the Conv/Gemm node that reads it."""
     import onnx

@@ -45,6 +45,9 @@ PRECISIONS = ("fp32", "fp16", "int8")  # the order artifacts come in
 CALIBRATION_IMAGES = 48
 FP32_ATOL = 1e-4  # of the output scale: FP32 ONNX vs PyTorch, the field's bound (STYLE.md)
 INT8_AGREEMENT = 0.90  # top-1 agreement with FP32 on real images
+# Flags given to a target here, else its defaults: openvino's auto rule is four NNCF runs (15 s of this file),
+# checked once in test_calib_method.py.
+OPTIONS = {"openvino": {"calib_method": "mean_max"}}
 
 
 # Parametrized at collection, before the stub is registered (the fixture below registers it for this module).
@@ -100,7 +103,7 @@ def compiled(tmp_path_factory, images, prep, folded_onnx):
                 pytest.skip(f"--target {name} needs {', '.join(missing)} to build, not installed here")
             bundle = tmp_path_factory.mktemp(name)
             fp32 = Path(shutil.copyfile(folded_onnx[0], bundle / bundle_io.MODEL_ONNX))
-            inp = CompileInput(fp32, images, prep, target.parse_options({}))
+            inp = CompileInput(fp32, images, prep, target.parse_options(OPTIONS.get(name, {})))
             done[name] = (bundle, list(target.compile(inp, bundle)))
         return done[name]
 
