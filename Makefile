@@ -63,7 +63,7 @@ bench-scale: install
 	$(PY) benchmarks/bench_scale.py --test $(SCALE_TEST) --train $(SCALE_TRAIN) $(SCALE_ARGS)
 
 # A CIFAR-10 ResNet (the paper's CIFAR family) on ../shared/datasets/cifar10, for the accuracy checks that want
-# more than the embedded model: make train-cifar CIFAR_ARCH=resnet56 (about an hour on 2 cores; not committed).
+# more than the embedded model: make train-cifar CIFAR_ARCH=resnet56 (20 epochs, 40 min on 2 cores; not committed).
 CIFAR_DIR ?= ../shared/datasets/cifar10
 CIFAR_ARCH ?= resnet20
 CIFAR_EPOCHS ?= 20
