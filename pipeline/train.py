@@ -41,6 +41,7 @@ class TrainSettings:
     label_smoothing: float = 0.0
     flip: bool = True
     pad_crop: int | None = None  # pixels of padding for random crops; None = input size / 8
+    zero_init_residual: bool = True  # each residual branch's last BN starts at 0 (ResNet.zero_init_residual)
     seed: int = 0
     threads: int | None = None
 
@@ -141,7 +142,10 @@ def train(
                 torch.from_numpy(t.labels).to(device))
 
     num_classes = len(prep.class_names)
-    model = build_model(settings.arch, num_classes=num_classes, in_channels=prep.channels).to(device)
+    model = build_model(settings.arch, num_classes=num_classes, in_channels=prep.channels)
+    if settings.zero_init_residual:
+        model.zero_init_residual()
+    model = model.to(device)
     meta = {"arch": get_arch(settings.arch).name, "shortcut": model.shortcut, "num_classes": num_classes,
             "in_channels": prep.channels, "preprocessing": prep.to_dict(), "train": asdict(settings)}
     decay: list[torch.nn.Parameter] = []

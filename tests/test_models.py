@@ -9,7 +9,7 @@ from torch import nn
 
 from resnet_deploy.errors import ConfigError
 from resnet_deploy.models import build_model, get_arch, list_archs
-from resnet_deploy.models.resnet import BasicBlock, ZeroPadShortcut
+from resnet_deploy.models.resnet import BasicBlock, Bottleneck, ZeroPadShortcut
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -213,3 +213,36 @@ class TestTorchvisionLayout:
     def test_bottleneck_carries_the_stride_in_the_3x3_like_torchvision_v1_5(self):
         block = on_meta("resnet50").layer2[0]
         assert block.conv1.stride == (1, 1) and block.conv2.stride == (2, 2)
+
+
+class TestZeroInitResidual:
+    """``ResNet.zero_init_residual`` (training's default): every block starts as its shortcut."""
+
+    @pytest.mark.parametrize("arch", ["resnet20", "resnet26d", "seresnext26d_32x4d"])
+    def test_each_block_starts_as_its_shortcut(self, arch) -> None:
+        torch.manual_seed(0)
+        model = build_model(arch, num_classes=10).eval()
+        model.zero_init_residual()
+        blocks = [m for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck))]
+        assert len(blocks) >= 4
+        with torch.no_grad():
+            for block in blocks:  # identity, projection, zero-pad and average-pool shortcuts, SE or not
+                x = torch.randn(2, block.conv1.in_channels, 8, 8)
+                identity = x if block.downsample is None else block.downsample(x)
+                assert torch.allclose(block(x), torch.relu(identity), atol=1e-6)
+        before = build_model(arch, num_classes=10).eval()  # without the call: the paper's init, branches live
+        block = next(m for m in before.modules() if isinstance(m, (BasicBlock, Bottleneck)))
+        x = torch.randn(2, block.conv1.in_channels, 8, 8)
+        identity = x if block.downsample is None else block.downsample(x)
+        with torch.no_grad():
+            assert not torch.allclose(block(x), torch.relu(identity), atol=1e-3)
+
+    def test_training_uses_it_unless_told_not_to(self) -> None:
+        from click.testing import CliRunner
+
+        from resnet_deploy.cli import main
+        from resnet_deploy.pipeline.train import TrainSettings
+
+        assert TrainSettings().zero_init_residual is True
+        text = " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())
+        assert "--zero-init-residual / --no-zero-init-residual" in text
