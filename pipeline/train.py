@@ -42,6 +42,7 @@ class TrainSettings:
     flip: bool = True
     pad_crop: int | None = None  # pixels of padding for random crops; None = input size / 8
     zero_init_residual: bool = True  # each residual branch's last BN starts at 0 (ResNet.zero_init_residual)
+    init_from: str | None = None  # a checkpoint to start from (fine-tuning) instead of a fresh initialisation
     seed: int = 0
     threads: int | None = None
 
@@ -56,6 +57,8 @@ class TrainSettings:
         check_int(self.pad_crop, "pad_crop", lo=0, hi=1024, optional=True)
         check_int(self.seed, "--seed", lo=0, hi=SEED_MAX)
         check_int(self.threads, "--threads", lo=1, hi=THREADS_MAX, optional=True)
+        if self.init_from is not None and not Path(self.init_from).is_file():
+            raise CheckpointError(f"--init-from: {self.init_from} does not exist or is not a file. Check the path.")
         if self.schedule not in ("cosine", "onecycle"):
             raise ConfigError(f"--schedule must be cosine or onecycle, got {self.schedule!r}.")
 
@@ -101,6 +104,22 @@ def channel_stats(pixels: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
     return tuple(round(float(v), 4) for v in x.mean(0)), tuple(round(float(v), 4) for v in x.std(0))
 
 
+def start_from(path: str, arch: str, *, num_classes: int, in_channels: int) -> nn.Module:
+    """The weights of checkpoint ``path`` (read as `build --checkpoint` reads it: safely, by name) as a model of
+    ``arch`` to fine-tune. A classifier for another number of classes is replaced by a fresh one, as in
+    transfer learning; everything else must fit."""
+    try:
+        loaded = ckpt.load_model(path, arch=arch, in_channels=in_channels)
+    except CheckpointError as err:
+        raise CheckpointError(str(err).replace("--checkpoint", "--init-from").replace(
+            "Pass the matching --arch/--num-classes", "Pass the matching --arch")) from None
+    model = loaded.model
+    if loaded.num_classes != num_classes:
+        fc = model.fc
+        model.fc = nn.Linear(fc.in_features, num_classes)
+    return model.train()
+
+
 def evaluate(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, norm, *, batch: int = 500) -> float:
     model.eval()
     correct = 0
@@ -142,9 +161,12 @@ def train(
                 torch.from_numpy(t.labels).to(device))
 
     num_classes = len(prep.class_names)
-    model = build_model(settings.arch, num_classes=num_classes, in_channels=prep.channels)
-    if settings.zero_init_residual:
-        model.zero_init_residual()
+    if settings.init_from:
+        model = start_from(settings.init_from, settings.arch, num_classes=num_classes, in_channels=prep.channels)
+    else:
+        model = build_model(settings.arch, num_classes=num_classes, in_channels=prep.channels)
+        if settings.zero_init_residual:
+            model.zero_init_residual()
     model = model.to(device)
     meta = {"arch": get_arch(settings.arch).name, "shortcut": model.shortcut, "num_classes": num_classes,
             "in_channels": prep.channels, "preprocessing": prep.to_dict(), "train": asdict(settings)}

@@ -18,7 +18,7 @@ from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.calibration.sources import FASHION_MNIST_CLASSES, ArraySource, fashion_mnist_dir, open_idx
 from resnet_deploy.errors import CheckpointError, ConfigError
 from resnet_deploy.pipeline.checkpoint import load_model
-from resnet_deploy.pipeline.train import TrainSettings, train
+from resnet_deploy.pipeline.train import TrainSettings, start_from, train
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -136,6 +136,48 @@ class TestResume:
         b = load_model(straight.weights).model.state_dict()
         for k in b:
             torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-6, msg=k)
+
+
+class TestInitFrom:
+    """--init-from: fine-tune from a checkpoint's weights instead of a fresh initialisation."""
+
+    def test_starts_from_the_checkpoint_weights(self, one_epoch):
+        weights = one_epoch[1].weights
+        model = start_from(str(weights), "resnet20", num_classes=10, in_channels=1)
+        assert model.training
+        expected = load_model(weights).model.state_dict()
+        for k, v in model.state_dict().items():
+            torch.testing.assert_close(v, expected[k], rtol=0, atol=0, msg=k)
+
+    def test_a_classifier_for_other_classes_starts_fresh(self, one_epoch):
+        weights = one_epoch[1].weights
+        model = start_from(str(weights), "resnet20", num_classes=3, in_channels=1)
+        expected = load_model(weights).model.state_dict()
+        got = model.state_dict()
+        assert got["fc.weight"].shape == (3, 64) and got["fc.bias"].shape == (3,)
+        for k in expected:
+            if not k.startswith("fc."):
+                torch.testing.assert_close(got[k], expected[k], rtol=0, atol=0, msg=k)
+        with torch.inference_mode():
+            assert model.eval()(torch.randn(2, 1, 28, 28)).shape == (2, 3)
+
+    def test_another_architecture_is_refused_by_its_flag(self, one_epoch):
+        with pytest.raises(CheckpointError) as err:
+            start_from(str(one_epoch[1].weights), "resnet32", num_classes=10, in_channels=1)
+        msg = str(err.value)
+        assert msg.startswith("--init-from:") and "resnet32" in msg and "--checkpoint" not in msg
+
+    def test_a_missing_file_is_refused_before_training(self, tmp_path):
+        with pytest.raises(CheckpointError, match=r"^--init-from: .*nothing\.pt does not exist"):
+            TrainSettings(init_from=str(tmp_path / "nothing.pt"))
+
+    def test_a_run_started_from_a_checkpoint_records_it(self, tiny, one_epoch, tmp_path):
+        weights = str(one_epoch[1].weights)
+        result = train(TrainSettings(arch="resnet20", epochs=1, batch_size=64, init_from=weights),
+                       tiny[0], PREP, tmp_path, test_source=tiny[1])
+        loaded = load_model(result.weights)
+        assert loaded.meta["train"]["init_from"] == weights
+        assert (loaded.arch, loaded.num_classes, loaded.shortcut) == ("resnet20", 10, "A")
 
 
 def test_settings_are_validated():
