@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from html import escape
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from resnet_deploy.calibration.sensitivity import Sensitivity
+from resnet_deploy.pipeline import svg_chart
 from resnet_deploy.pipeline.records import Report, ResultRow
 
 MAX_BARS = 60  # a deeper network's bar chart keeps its most sensitive layers
@@ -83,8 +84,8 @@ def markdown(report: Report) -> list[str]:
     return lines
 
 
-def html(report: Report, figure: Callable[..., str] | None) -> str:
-    """The report.html section body; ``figure(draw, *args, caption=...)`` embeds a plot (None: no matplotlib)."""
+def html(report: Report) -> str:
+    """The report.html section body, with the sensitivity chart."""
     rows = row_fallbacks(report)
     sens = report.sensitivity
     if not rows and sens is None:
@@ -96,8 +97,8 @@ def html(report: Report, figure: Callable[..., str] | None) -> str:
                      f"{escape(sens.method)}; {sens.images} calibration images; all-INT8 agreement "
                      f"{sens.int8_agreement * 100:.2f}%, SQNR {sens.int8_sqnr_db:.1f} dB. A bar is the SQNR the model "
                      "gains when that layer alone stays in float; worst (most sensitive) first.</p>")
-        if figure is not None:
-            parts.append(figure(draw_sensitivity, sens, caption="SQNR gain (dB) with the layer in float, worst first"))
+        parts.append(svg_chart.figure(sensitivity_chart(sens),
+                                      caption="SQNR gain (dB) with the layer in float, worst first"))
         head = ("<tr><th class=l>layer</th><th class=l>op</th><th>SQNR gain dB</th><th>SQNR dB</th>"
                 "<th>agreement</th></tr>")
         body = "".join(f"<tr><td class=l><code>{escape(s.layer)}</code></td><td class=l>{escape(s.op)}</td>"
@@ -107,18 +108,8 @@ def html(report: Report, figure: Callable[..., str] | None) -> str:
     return "".join(parts)
 
 
-def draw_sensitivity(fig: Any, sens: Sensitivity) -> bool:
+def sensitivity_chart(sens: Sensitivity) -> str | None:
     """A horizontal bar per layer (SQNR gain when kept in float), the most sensitive on top."""
-    layers = list(sens.layers[:MAX_BARS])
-    if not layers:
-        return False
-    fig.set_size_inches(9.6, 0.22 * len(layers) + 1.2)
-    ax = fig.add_subplot()
-    ys = list(range(len(layers)))[::-1]
-    gains = [s.gain_db for s in layers]
-    ax.barh(ys, gains, color=["#DD8452" if g > 0 else "#BBBBBB" for g in gains], height=0.7)
-    ax.set_yticks(ys, [s.layer for s in layers], fontsize=7)
-    ax.axvline(0, color="#555555", lw=0.8)
-    ax.set_xlabel("SQNR gain (dB) when this layer alone stays in float")
-    ax.grid(axis="x", alpha=0.3)
-    return True
+    return svg_chart.horizontal_bars(
+        [svg_chart.Bar(s.layer, s.gain_db, "#DD8452" if s.gain_db > 0 else "#BBBBBB") for s in sens.layers[:MAX_BARS]],
+        xlabel="SQNR gain (dB) when this layer alone stays in float", row=16, label_size=9)

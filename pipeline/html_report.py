@@ -1,21 +1,17 @@
-"""The build's report as one self-contained HTML page: tables plus plots, readable offline.
+"""The build's report as one self-contained HTML page: tables plus charts, readable offline.
 
-Everything is inline (CSS, plots as base64 PNG drawn with matplotlib's Agg canvas) and a
-Content-Security-Policy forbids any network fetch, so ``report.html`` opens the same from a bundle
-copied to an air-gapped machine. matplotlib is imported inside ``render_html`` only: the on-device
-path imports this package without it. Without matplotlib the page keeps its tables and says why
-the plots are missing.
+Everything is inline (CSS, charts as SVG from ``svg_chart``) and a Content-Security-Policy forbids any
+network fetch, so ``report.html`` opens the same from a bundle copied to an air-gapped machine.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 from html import escape
-from typing import Any, Callable
+from typing import Any
 
 from resnet_deploy.pipeline import fallback_report
+from resnet_deploy.pipeline import svg_chart as chart
 from resnet_deploy.pipeline.records import Gate, GateRow, Reference, Report, ResultRow, Stage
 from resnet_deploy.pipeline.report import (
     describe_checks,
@@ -25,10 +21,9 @@ from resnet_deploy.pipeline.report import (
     describe_settings,
 )
 
-# One colour per precision, the same in every plot.
+# One colour per precision, the same in every chart.
 _COLOURS = {"fp32": "#4C72B0", "int8": "#DD8452", "fp16": "#55A868", "bf16": "#8172B3"}
 _REFERENCE_COLOUR = "#555555"
-_PERCENTILE_MARKERS = (("p50", "o"), ("p90", "D"), ("p99", "^"))
 # Above this many classes a per-class bar chart is unreadable; plot the sorted per-class change instead.
 _MAX_CLASS_BARS = 20
 
@@ -50,7 +45,8 @@ tr.int8 td{background:#fff8f2}td.bad{color:#c62828;font-weight:600}
 .unverified{background:#fff4e0;border-left:4px solid #b26a00;padding:6px 10px;margin:6px 0}
 td.unsure{color:#b26a00;font-weight:600}td.up{background:#fdecea}td.down{background:#e8f0fb}
 .note{color:#5f6368;font-size:13px}
-figure{margin:8px 0}figure img{max-width:100%;height:auto;border:1px solid #eceef1}
+figure{margin:8px 0}figure svg{max-width:100%;height:auto;border:1px solid #eceef1;display:block}
+svg text{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif}
 figcaption{color:#5f6368;font-size:12px}
 code{background:#f1f3f5;padding:0 3px;border-radius:3px}
 .scroll{overflow-x:auto}
@@ -59,12 +55,6 @@ code{background:#f1f3f5;padding:0 3px;border-radius:3px}
 
 def render_html(report: Report) -> str:
     """The build's report as a self-contained HTML document."""
-    try:
-        import matplotlib  # noqa: F401  (lazy: the device path must import this module without it)
-    except ImportError:
-        plot = None
-    else:
-        plot = _png
     results = list(report.results)
     ref = report.reference
     status = report.gate.status
@@ -76,32 +66,31 @@ def render_html(report: Report) -> str:
     parts.append(_section("settings", "Quantization settings", _settings(results)))
     parts.append(_section("confusion", "Confusion-matrix difference: INT8 minus FP32",
                           _confusion(report.gate, classes)))
-    if plot is None:
-        parts.append('<p class="note">Plots are missing: matplotlib is not installed '
-                     "(<code>pip install resnet-deploy[build]</code>).</p>")
-    else:
-        parts.append(_section("accuracy", "Top-1: FP32 vs INT8", _figure(plot, _accuracy_plot, results, ref,
-                              caption="Dashed line: the PyTorch FP32 reference every INT8 row is gated against.")))
-        timed = [r for r in results if r.latency_ms is not None]  # simulated rows are accuracy rows
-        sampled = any(r.samples_ms for r in timed)
-        batches = sorted({r.batch for r in timed})
-        devices = ", ".join(dict.fromkeys(r.measured_on for r in timed if r.measured_on))
-        lat_title = ("Latency distribution" + (f" (batch {', '.join(map(str, batches))})" if batches else "")
-                     + (f", measured on {devices}" if devices else ""))
-        parts.append(_section("latency", lat_title, _figure(
-            plot, _latency_plot, timed,
-            caption=("Boxes: the raw per-call samples (whiskers at p1/p99); markers: p50, p90, p99."
-                     if sampled else "p50, p90 and p99 of the per-call wall time; raw samples were not recorded."))))
-        parts.append(_section("sizes", "Model sizes", _figure(plot, _size_plot, results)))
-    parts.append(_section("fallback", "Mixed-precision fallback and per-layer sensitivity", fallback_report.html(
-        report, None if plot is None else lambda draw, *a, caption="": _figure(plot, draw, *a, caption=caption))))
-    parts.append(_section("per-class", "Per-class top-1: FP32 vs INT8", _per_class(plot, results, ref, classes)))
-    parts.append(_section("stages", "Build stages", _stages(plot, list(report.stages))))
+    parts.append(_section("accuracy", "Top-1: FP32 vs INT8", chart.figure(
+        _accuracy_chart(results, ref),
+        caption="Dashed line: the PyTorch FP32 reference every INT8 row is gated against. Dashed outline: a "
+                "row simulated on this machine's CPU.")))
+    timed = [r for r in results if r.latency_ms is not None]  # simulated rows are accuracy rows
+    sampled = any(r.samples_ms for r in timed)
+    batches = sorted({r.batch for r in timed})
+    devices = ", ".join(dict.fromkeys(r.measured_on for r in timed if r.measured_on))
+    lat_title = ("Latency distribution" + (f" (batch {', '.join(map(str, batches))})" if batches else "")
+                 + (f", measured on {devices}" if devices else ""))
+    parts.append(_section("latency", lat_title, chart.figure(
+        _latency_chart(timed),
+        caption=("Boxes: the raw per-call samples' quartiles and median (whiskers at p1/p99); markers: p50, p90, "
+                 "p99." if sampled else "p50, p90 and p99 of the per-call wall time; raw samples were not "
+                 "recorded."))))
+    parts.append(_section("sizes", "Model sizes", chart.figure(_size_chart(results))))
+    parts.append(_section("fallback", "Mixed-precision fallback and per-layer sensitivity",
+                          fallback_report.html(report)))
+    parts.append(_section("per-class", "Per-class top-1: FP32 vs INT8", _per_class(results, ref, classes)))
+    parts.append(_section("stages", "Build stages", _stages(list(report.stages))))
     parts.append(_section("checks", "Checks", _checks(report)))
     title = f"resnet-deploy report: {report.model.arch} ({status})"
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        # No network: only inline styles and data: images may load.
+        # No network: only inline styles and data: images may load (the charts are inline SVG).
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
         "style-src 'unsafe-inline'\">"
         "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
@@ -255,15 +244,15 @@ def _confusion_table(g: GateRow, classes: list[str]) -> str:
     return title + f'<div class="scroll"><table>{head}{"".join(body)}</table></div>'
 
 
-def _per_class(plot, results: list[ResultRow], ref: Reference, classes: list[str]) -> str:
+def _per_class(results: list[ResultRow], ref: Reference, classes: list[str]) -> str:
     rows = [r for r in results if r.per_class_top1]
     if not rows:
         return '<p class="note">No per-class figures in this report.</p>'
     n = len(rows[0].per_class_top1)
     names = classes if len(classes) == n else [str(i) for i in range(n)]
-    body = _figure(plot, _per_class_plot, rows, ref, names) if plot else ""
+    body = "".join(chart.figure(svg) for svg in _per_class_charts(rows, ref, names))
     if n > _MAX_CLASS_BARS:
-        return body + f'<p class="note">{n} classes: the table is left out; the plot shows every class.</p>'
+        return body + f'<p class="note">{n} classes: the table is left out; the chart shows every class.</p>'
     head = "<tr><th class=l>row</th>" + "".join(f"<th>{escape(c)}</th>" for c in names) + "</tr>"
     lines = []
     if ref.per_class_top1:
@@ -281,13 +270,13 @@ def _per_class(plot, results: list[ResultRow], ref: Reference, classes: list[str
     return body + f'<div class="scroll"><table>{head}{"".join(lines)}</table></div>'
 
 
-def _stages(plot, stages: list[Stage]) -> str:
+def _stages(stages: list[Stage]) -> str:
     if not stages:
         return '<p class="note">No stage timings in this report.</p>'
     rows = "".join(f"<tr><td class=l>{escape(s.name)}</td><td>{_num(s.seconds, '{:.2f}')}</td>"
                    f"<td>{_num(s.peak_rss_mb, '{:.0f}')}</td></tr>" for s in stages)
     table = f"<table><tr><th class=l>stage</th><th>seconds</th><th>peak RSS MB</th></tr>{rows}</table>"
-    return (_figure(plot, _stages_plot, stages) if plot else "") + table
+    return chart.figure(_stages_chart(stages)) + table
 
 
 def _checks(report: Report) -> str:
@@ -299,184 +288,64 @@ def _checks(report: Report) -> str:
     return "<ul>" + "".join(f"<li>{escape(i)}</li>" for i in items) + "</ul>"
 
 
-# --- plots (matplotlib, Agg canvas, no pyplot state) --------------------------------------------------
+# --- charts ------------------------------------------------------------------------------------------
 
-def _figure(plot, draw: Callable, *args: Any, caption: str = "") -> str:
-    png = plot(draw, *args)
-    if png is None:
-        return '<p class="note">Nothing to plot.</p>'
-    cap = f"<figcaption>{escape(caption)}</figcaption>" if caption else ""
-    return f'<figure><img alt="{escape(draw.__name__.strip("_").replace("_", " "))}" ' \
-           f'src="data:image/png;base64,{png}">{cap}</figure>'
+def _colour(precision: str) -> str:
+    return _COLOURS.get(precision, "#999999")
 
 
-def _png(draw: Callable, *args: Any) -> str | None:
-    """Call ``draw(fig, *args)`` on a fresh Agg figure; base64 PNG, or None when it drew nothing."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9.6, 3.6), dpi=100)
-    FigureCanvasAgg(fig)
-    if draw(fig, *args) is False:
+def _accuracy_chart(results: list[ResultRow], ref: Reference) -> str | None:
+    if not results:
         return None
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    targets = list(dict.fromkeys(r.target for r in results))
+    series = []
+    for prec in dict.fromkeys(r.precision for r in results):
+        rows = [next((r for r in results if r.target == t and r.precision == prec), None) for t in targets]
+        series.append(chart.Series(prec, _colour(prec), [r.top1 * 100 if r else None for r in rows],
+                                   [bool(r and r.simulated) for r in rows]))
+    reference = ("PyTorch FP32", ref.top1 * 100) if _finite(ref.top1) else None
+    return chart.grouped_bars(targets, series, ylabel="top-1 (%)", ymax=105, reference=reference)
 
 
-def _accuracy_plot(fig, results: list[ResultRow], ref: Reference) -> bool:
-    rows = results
-    if not rows:
-        return False
-    targets = list(dict.fromkeys(r.target for r in rows))
-    precisions = list(dict.fromkeys(r.precision for r in rows))
-    ax = fig.add_subplot()
-    width = 0.8 / len(precisions)
-    labelled: set[str] = set()
-    for j, prec in enumerate(precisions):
-        for i, t in enumerate(targets):
-            row = next((r for r in rows if r.target == t and r.precision == prec), None)
-            if row is None:
-                continue
-            x = i + (j - (len(precisions) - 1) / 2) * width
-            v = row.top1 * 100
-            hatch = "//" if row.simulated else None
-            ax.bar(x, v, width * 0.95, color=_COLOURS.get(prec, "#999999"), hatch=hatch,
-                   label=None if prec in labelled else prec)
-            labelled.add(prec)
-            ax.annotate(f"{v:.1f}", (x, v), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
-                        textcoords="offset points")
-    ax.axhline(ref.top1 * 100, color=_REFERENCE_COLOUR, ls="--", lw=1, label="PyTorch FP32")
-    ax.set_xticks(range(len(targets)), targets)
-    ax.set_ylabel("top-1 (%)")
-    ax.set_ylim(0, 105)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # outside: bars reach any height
-    ax.grid(axis="y", alpha=0.3)
-    return True
+def _latency_chart(rows: list[ResultRow]) -> str | None:
+    keys = list(chart.MARK_SHAPES)  # p50, p90, p99
+    return chart.latency_rows([
+        chart.Interval(r.label, _colour(r.precision), [s for s in r.samples_ms if _finite(s)],
+                       [(k, getattr(r.latency_ms, k)) for k in keys if _finite(getattr(r.latency_ms, k))])
+        for r in rows if r.latency_ms is not None], xlabel="ms per call")
 
 
-def _latency_plot(fig, results: list[ResultRow]) -> bool:
-    rows = results
-    if not rows:
-        return False
-    fig.set_size_inches(9.6, 0.55 * len(rows) + 1.4)
-    ax = fig.add_subplot()
-    ys = list(range(len(rows)))[::-1]  # first row on top
-    lo, hi = math.inf, 0.0
-    for y, r in zip(ys, rows):
-        colour = _COLOURS.get(r.precision, "#999999")
-        samples = [s for s in r.samples_ms if _finite(s)]
-        if samples:
-            style = dict(positions=[y], whis=(1, 99), widths=0.5, showfliers=False, patch_artist=True,
-                         boxprops={"facecolor": colour, "alpha": 0.35, "edgecolor": colour},
-                         medianprops={"color": colour}, whiskerprops={"color": colour}, capprops={"color": colour})
-            try:
-                ax.boxplot([samples], orientation="horizontal", **style)  # matplotlib >= 3.10
-            except TypeError:
-                ax.boxplot([samples], vert=False, **style)
-            lo, hi = min(lo, min(samples)), max(hi, max(samples))
-        for key, marker in _PERCENTILE_MARKERS:
-            value = getattr(r.latency_ms, key)
-            if _finite(value):
-                ax.plot(value, y, marker=marker, color=colour, ms=6, ls="none", markeredgecolor="black",
-                        markeredgewidth=0.5)
-                lo, hi = min(lo, value), max(hi, value)
-        p50 = r.latency_ms.p50
-        if _finite(p50):
-            ax.annotate(f"{p50:.2f} ms", (p50, y), xytext=(0, 7), textcoords="offset points",
-                        ha="center", fontsize=8)
-    if hi > 0 and lo > 0 and hi / lo > 8:
-        from matplotlib.ticker import FuncFormatter, LogLocator
-
-        ax.set_xscale("log")  # INT8 and FP32 rows differ by an order of magnitude on small models
-        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-    ax.set_yticks(ys, [r.label for r in rows])
-    ax.set_ylim(min(ys) - 0.7, max(ys) + 0.7)
-    ax.set_xlabel("ms per call")
-    ax.grid(axis="x", alpha=0.3, which="both")
-    from matplotlib.lines import Line2D
-
-    keys = [Line2D([], [], marker=m, ls="none", color="#bbbbbb", markeredgecolor="black", markeredgewidth=0.5,
-                   label=k) for k, m in _PERCENTILE_MARKERS]
-    ax.legend(handles=keys, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    return True
+def _size_chart(results: list[ResultRow]) -> str | None:
+    return chart.horizontal_bars([chart.Bar(r.label, r.bytes / 1e6, _colour(r.precision), f"{r.bytes / 1e6:.2f} MB")
+                                  for r in results if r.bytes], xlabel="MB on disk")
 
 
-def _size_plot(fig, results: list[ResultRow]) -> bool:
-    rows = [r for r in results if r.bytes]
-    if not rows:
-        return False
-    fig.set_size_inches(9.6, 0.45 * len(rows) + 1.2)
-    ax = fig.add_subplot()
-    ys = list(range(len(rows)))[::-1]
-    mb = [r.bytes / 1e6 for r in rows]
-    ax.barh(ys, mb, color=[_COLOURS.get(r.precision, "#999999") for r in rows], height=0.6)
-    for y, v in zip(ys, mb):
-        ax.annotate(f"{v:.2f} MB", (v, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
-    ax.set_yticks(ys, [r.label for r in rows])
-    ax.set_xlabel("MB on disk")
-    ax.set_xlim(0, max(mb) * 1.18)
-    ax.grid(axis="x", alpha=0.3)
-    return True
-
-
-def _per_class_plot(fig, rows: list[ResultRow], ref: Reference, names: list[str]) -> bool:
-    targets = list(dict.fromkeys(r.target for r in rows))
-    n = len(names)
-    fig.set_size_inches(9.6, 2.3 * len(targets) + 0.8)
-    axes = fig.subplots(len(targets), 1, squeeze=False, sharex=True)[:, 0]
-    for ax, t in zip(axes, targets):
+def _per_class_charts(rows: list[ResultRow], ref: Reference, names: list[str]) -> list[str | None]:
+    """One chart per target: its rows' per-class top-1 as bars (the reference as a tick per class), or, past
+    ``_MAX_CLASS_BARS`` classes, each row's per-class change against the reference, sorted."""
+    out = []
+    for t in dict.fromkeys(r.target for r in rows):
         mine = [r for r in rows if r.target == t]
-        if n <= _MAX_CLASS_BARS:
-            width = 0.8 / len(mine)
-            for j, r in enumerate(mine):
-                xs = [i + (j - (len(mine) - 1) / 2) * width for i in range(n)]
-                vals = [v * 100 if _finite(v) else 0.0 for v in r.per_class_top1]
-                ax.bar(xs, vals, width * 0.95, color=_COLOURS.get(r.precision, "#999999"), label=r.precision)
-            if ref.per_class_top1:
-                ax.plot(range(n), [v * 100 if _finite(v) else math.nan for v in ref.per_class_top1],
-                        ls="none", marker="_", ms=14, color=_REFERENCE_COLOUR, label="PyTorch FP32")
-            ax.set_ylim(0, 105)
-            ax.set_ylabel("top-1 (%)")
-        else:
-            # Too many classes for bars: each row's per-class change against the reference, sorted.
-            base = ref.per_class_top1
-            for r in mine:
-                if not base:
-                    break
-                delta = sorted((v - b) * 100 for v, b in zip(r.per_class_top1, base) if _finite(v) and _finite(b))
-                ax.plot(delta, color=_COLOURS.get(r.precision, "#999999"), label=r.precision)
-            ax.axhline(0, color=_REFERENCE_COLOUR, lw=0.8)
-            ax.set_ylabel("points vs FP32")
-        ax.set_title(t, fontsize=10, loc="left")
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    if n <= _MAX_CLASS_BARS:
-        axes[-1].set_xticks(range(n), names, rotation=30 if max(map(len, names)) > 6 else 0, ha="right"
-                            if max(map(len, names)) > 6 else "center", fontsize=8)
-    else:
-        axes[-1].set_xlabel("classes, sorted by change")
-    return True
+        if len(names) <= _MAX_CLASS_BARS:
+            series = [chart.Series(r.precision + (" (sim)" if r.simulated else ""), _colour(r.precision),
+                                   [v * 100 if _finite(v) else None for v in r.per_class_top1]) for r in mine]
+            marks = (("PyTorch FP32", [v * 100 if _finite(v) else None for v in ref.per_class_top1])
+                     if ref.per_class_top1 else None)
+            out.append(chart.grouped_bars(names, series, ylabel="top-1 (%)", ymax=105, reference_marks=marks,
+                                          annotate=False, title=t, height=260))
+        elif ref.per_class_top1:
+            deltas = [(r.precision, _colour(r.precision),
+                       sorted((v - b) * 100 for v, b in zip(r.per_class_top1, ref.per_class_top1)
+                              if _finite(v) and _finite(b))) for r in mine]
+            out.append(chart.lines(deltas, ylabel="points vs FP32", xlabel="classes, sorted by change", title=t))
+    return out
 
 
-def _stages_plot(fig, stages: list[Stage]) -> bool:
-    fig.set_size_inches(9.6, 0.4 * len(stages) + 1.2)
-    ax = fig.add_subplot()
-    ys = list(range(len(stages)))[::-1]
-    secs = [s.seconds for s in stages]
-    ax.barh(ys, secs, color="#4C72B0", height=0.6)
-    for y, s, st in zip(ys, secs, stages):
-        rss = st.peak_rss_mb
-        text = f"{s:.2f} s" + (f"  ({rss:.0f} MB peak)" if _finite(rss) else "")
-        ax.annotate(text, (s, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
-    ax.set_yticks(ys, [s.name for s in stages])
-    ax.set_xlabel("seconds")
-    ax.set_xlim(0, max(max(secs), 1e-3) * 1.3)
-    ax.grid(axis="x", alpha=0.3)
-    return True
+def _stages_chart(stages: list[Stage]) -> str | None:
+    return chart.horizontal_bars([
+        chart.Bar(s.name, s.seconds, _colour("fp32"),
+                  f"{s.seconds:.2f} s" + (f"  ({s.peak_rss_mb:.0f} MB peak)" if _finite(s.peak_rss_mb) else ""))
+        for s in stages if _finite(s.seconds)], xlabel="seconds")
 
 
 # --- formatting -----------------------------------------------------------------------------------
