@@ -316,7 +316,7 @@ def _target_flag_names(kind: str) -> tuple[str, ...]:
     ("Data", ("calib_data", "calib_samples", "eval_data", "eval_samples", "ground_truth", "seed")),
     ("Quantization and accuracy gate", ("max_drop", "min_agreement", "fallback", "max_float_layers")),
     ("Target (flags marked [--target ...] apply to those targets only)",
-     ("targets", *_target_flag_names("options"), "threads", "latency_seconds")),
+     ("targets", *_target_flag_names("options"), "threads", "latency_seconds", "latency_iterations")),
     ("Output", ("out", "force", "as_json", "quiet", "help"))),
     examples=("resnet-deploy build                        # the embedded Fashion-MNIST resnet20, default target",
               "resnet-deploy build --checkpoint runs/r20/model.safetensors --eval-data imgs/ --target all",
@@ -385,7 +385,10 @@ def _target_flag_names(kind: str) -> tuple[str, ...]:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for choosing calibration/evaluation images.")
 @click.option("--threads", type=int, default=None, help="Runtime threads for validation and latency.")
 @click.option("--latency-seconds", type=FiniteRange(0, 3600), default=1.0, show_default=True,
-              help="Minimum timed seconds per row at batch 1 (at least 50 calls are timed).")
+              help="Minimum timed seconds per row at batch 1 (and at least --latency-iterations calls).")
+@click.option("--latency-iterations", type=click.IntRange(1, 100_000), default=50, show_default=True,
+              help="Minimum timed calls per row at batch 1, after 10 warm-up calls (benchmark_app's -niter); "
+                   "a slow runtime's quick look can take fewer.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Bundle folder (default: build/<arch>-<target>).")
 @click.option("--force", is_flag=True,
@@ -397,7 +400,7 @@ def build(ui: Ui, targets, checkpoint, onnx, arch, num_classes, train_data, epoc
           train_out, input_size, mean, std, resize, crop, interpolation,
           channel_order, labels, ground_truth, calib_data, calib_samples,
           eval_data, eval_samples, max_drop, min_agreement, fallback, max_float_layers, seed, threads,
-          latency_seconds, out, force, as_json, **target_flags) -> None:
+          latency_seconds, latency_iterations, out, force, as_json, **target_flags) -> None:
     """Load a checkpoint (or an FP32 ONNX), fold BN, export ONNX, quantize to INT8, compile per target,
     validate, write a bundle. `resnet-deploy train` makes a checkpoint from a folder of images."""
     _require_build_side("build")
@@ -420,7 +423,9 @@ def build(ui: Ui, targets, checkpoint, onnx, arch, num_classes, train_data, epoc
         calib_data=calib_data, calib_samples=calib_samples,
         eval_data=eval_data, eval_samples=eval_samples, max_drop=max_drop, min_agreement=min_agreement,
         fallback=fallback, max_float_layers=max_float_layers, seed=seed, threads=threads,
-        target_options=options, force=force, latency=LatencySettings(min_seconds=latency_seconds),
+        target_options=options, force=force, latency=LatencySettings(
+            min_seconds=latency_seconds, min_iterations=latency_iterations,
+            max_iterations=max(LatencySettings.max_iterations, latency_iterations)),
         recipe=recipes.effective(click.get_current_context()),
         train_data=train_data, train=_train_settings(train_data, arch, seed, threads, training), train_out=train_out,
     )
