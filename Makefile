@@ -9,7 +9,7 @@ CONSTRAINTS ?= constraints-ci.txt
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: install data demo lint test test-slow bench bench-scale train-cifar device-check device-setup clean
+.PHONY: install data demo lint test test-slow test-py38 bench bench-scale train-cifar device-check device-setup clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -39,12 +39,19 @@ lint: install
 # locks (2-core machine, quiet: 112 s with 2 workers, 97 s with 3, 101 s with 4). A test file stays on one
 # worker, so its module fixtures build once; each worker's PyTorch runs one thread (tests/conftest.py).
 PYTEST_WORKERS ?= $(shell $(PY) -c "import os; print(len(os.sched_getaffinity(0)) + 1)" 2>/dev/null || echo auto)
+# PYTHONDONTWRITEBYTECODE is dropped: with it set (as on these machines) nothing is cached, and every worker
+# rewrites every test module's asserts and compiles the package again on every run (~3 s of CPU a worker).
 test: install data
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 # Real-data end-to-end checks (CIFAR-10 in ../shared/datasets when present, Fashion-MNIST).
 test-slow: install data
 	$(PY) -m pytest -q -m slow
+
+# The device side on a real Python 3.8 (JetPack 5.1's): the wheel built and installed into a cached 3.8 venv,
+# the device commands and a TensorRT 8.5 stand-in run there (about 20 s). CI runs it after `make test`.
+test-py38: install data
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -m py38
 
 # CPU latency/throughput: this tool's INT8 vs PyTorch, ONNX Runtime and OpenVINO FP32 and NNCF's default INT8,
 # interleaved in one process (~8-10 min on 2 cores). make bench BENCH_ARGS="--quick --models resnet18" for a smoke run.

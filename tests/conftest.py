@@ -45,12 +45,12 @@ def fashion_mnist() -> Path:
 
 
 # The one real bundle most tests read: the embedded default for both CPU targets and the simulated Jetson
-# (xavier-nx, for its DLA), on 1,000 evaluation and 200 calibration images, with short latency runs and no
+# (xavier-nx, for its DLA), on 500 evaluation and 100 calibration images, with short latency runs and no
 # mixed-precision fallback (tests/test_fallback.py and the slow hard-model checks cover it), and one range rule
 # per target where the default `auto` quantizes with each (tests/targets/test_calib_method.py and
 # test_tensorrt_qdq.py cover it).
 SHARED_BUILD = ("--target", "openvino", "--target", "onnxruntime", "--target", "jetson", "--device", "xavier-nx",
-                "--eval-samples", "1000", "--calib-samples", "200", "--latency-seconds", "0.05", "--fallback", "off",
+                "--eval-samples", "500", "--calib-samples", "100", "--latency-seconds", "0.05", "--fallback", "off",
                 "--calib-method", "openvino=mean_max,onnxruntime=max,jetson=max")
 
 

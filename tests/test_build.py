@@ -17,7 +17,7 @@ from resnet_deploy.pipeline.settings import EMBEDDED_MODEL
 
 @pytest.fixture(scope="module")
 def cpu_bundle(shared_bundle) -> Path:
-    """The session's shared build (tests/conftest.py SHARED_BUILD): 1000 test images, 200 calibration images."""
+    """The session's shared build (tests/conftest.py SHARED_BUILD): 500 test images, 100 calibration images."""
     return shared_bundle
 
 
@@ -71,7 +71,7 @@ def test_manifest_lists_every_file_with_its_hash(cpu_bundle):
     for rel, info in manifest["files"].items():
         assert info["sha256"] == sha256_file(cpu_bundle / rel)
     assert {"torch", "onnx", "onnxruntime", "openvino", "nncf", "python"} <= set(manifest["versions"])
-    assert manifest["calibration"]["count"] == 200 and len(manifest["calibration"]["sha256"]) == 64
+    assert manifest["calibration"]["count"] == 100 and len(manifest["calibration"]["sha256"]) == 64
     assert manifest["seed"] == 0 and manifest["args"]["targets"] == ["openvino", "onnxruntime", "jetson"]
 
 

@@ -28,7 +28,7 @@ def badly_calibrated(tmp_path_factory, fashion_mnist) -> Path:
         for i in range(32):
             Image.fromarray(np.zeros((28, 28), np.uint8)).save(folder / f"{i}.png")
     out = root / "b"
-    result = run("build", "--target", "onnxruntime", "--eval-samples", "1000", "--calib-data", root / "calib",
+    result = run("build", "--target", "onnxruntime", "--eval-samples", "500", "--calib-data", root / "calib",
                  "--calib-samples", "64", "--calib-method", "max", "--fallback", "off", "--latency-seconds", "0",
                  "--out", out, "-q")
     assert result.exit_code in (0, 4, 5), result.output  # the bundle is written whatever its own verdict
@@ -48,7 +48,7 @@ def test_an_identical_rebuild_compares_clean(shared_bundle, tmp_path):
     c = compare(shared_bundle, copy)
     assert not c.worse and not c.missing and not c.settings
     for row in c.rows:
-        assert row.paired_images == 1000 and row.top1[0] == row.top1[1]
+        assert row.paired_images == 500 and row.top1[0] == row.top1[1]
 
 
 def test_a_badly_calibrated_build_fails_and_names_what_got_worse(shared_bundle, badly_calibrated):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +163,18 @@ class TestIdx:
         np.testing.assert_array_equal(read_idx(path), images)
         labels = np.arange(5, dtype=np.uint8)
         np.testing.assert_array_equal(read_idx(write_idx(tmp_path / "y.idx", labels)), labels)
+
+    def test_decoded_once_per_process_until_the_file_changes(self, tmp_path):
+        path = write_idx(tmp_path / "x.idx.gz", np.zeros((4, 3, 3), dtype=np.uint8))
+        first = read_idx(path)
+        assert read_idx(path) is first and not first.flags.writeable  # shared, so nobody may write into it
+        ones = np.ones((5, 3, 3), dtype=np.uint8)
+        write_idx(path, ones)
+        os.utime(path, ns=(1, 1))  # a new size and mtime: decoded again
+        np.testing.assert_array_equal(read_idx(path), ones)
+        path.unlink()
+        with pytest.raises(DataError, match="is not a readable IDX file"):
+            read_idx(path)
 
     @pytest.mark.parametrize("damage", ["magic", "dtype", "truncated", "empty", "bad-gzip"])
     def test_damaged_files(self, tmp_path, damage):

@@ -45,9 +45,11 @@ PRECISIONS = ("fp32", "fp16", "int8")  # the order artifacts come in
 CALIBRATION_IMAGES = 48
 FP32_ATOL = 1e-4  # of the output scale: FP32 ONNX vs PyTorch, the field's bound (STYLE.md)
 INT8_AGREEMENT = 0.90  # top-1 agreement with FP32 on real images
-# Flags given to a target here, else its defaults: openvino's auto rule is four NNCF runs (15 s of this file),
-# checked once in test_calib_method.py.
-OPTIONS = {"openvino": {"calib_method": "mean_max"}}
+# Flags given to a target here, else its defaults. The built-in targets' default range rule, `auto`, quantizes once
+# per rule (openvino's four NNCF runs were 15 s of this file): one rule each here; test_calib_method.py and
+# test_tensorrt_qdq.py check `auto`.
+OPTIONS = {"openvino": {"calib_method": "mean_max"}, "onnxruntime": {"calib_method": "max"},
+           "tensorrt": {"calib_method": "max"}, "jetson": {"calib_method": "max"}}
 
 
 # Parametrized at collection, before the stub is registered (the fixture below registers it for this module).
