@@ -221,7 +221,7 @@ def test_predictions_round_trip_through_the_manifest_and_damage_is_refused(tmp_p
 def test_ten_evaluation_images_build_is_unverified_with_its_own_exit_code(tmp_path, fashion_mnist, stub_target):
     out = tmp_path / "b"
     result = CliRunner().invoke(main, ["build", "--target", stub_target, "--eval-samples", "10",
-                                       "--calib-samples", "32", "--out", str(out), "--json"])
+                                       "--calib-samples", "32", "--latency-seconds", "0", "--out", str(out), "--json"])
     assert result.exit_code == GateUnverified.exit_code == 5, result.output
     assert GateFailed.exit_code == 4
     assert "--fallback auto: skipped" in " ".join(result.stderr.split())  # nothing it did could be verified
