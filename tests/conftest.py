@@ -7,20 +7,24 @@ import os
 import shutil
 import struct
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from filelock import FileLock
-from torch import nn
 
 from resnet_deploy.calibration.sources import fashion_mnist_dir
 
+if TYPE_CHECKING:
+    from torch import nn
+
 # pytest-xdist runs one worker per core: a worker's PyTorch (and the CLIs it starts) on one intra-op thread.
 # Two OpenMP pools of two threads on two cores spin at each other's barriers: measured 5.6x slower here.
+# The xdist controller never imports torch (it runs no test): it starts the workers 2 s sooner.
 if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
 
@@ -112,6 +116,8 @@ def stub_target() -> Iterator[str]:
 def torch_one_thread():
     """One intra-op thread: on a shared, busy 2-core machine the small tensors of these tests run
     10-100x faster than with a contended pool. Restored afterwards for modules that measure speed."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -134,6 +140,9 @@ def write_idx_split(folder: Path, stem: str, images: np.ndarray, labels: np.ndar
 
 def randomize_bn(model: nn.Module, *, seed: int = 0) -> nn.Module:
     """Give every batch-norm non-trivial statistics and affine terms, so folding is really exercised."""
+    import torch
+    from torch import nn
+
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
