@@ -42,28 +42,28 @@ class LoadedModel:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read_checkpoint(path: str | Path, *, flag: str = "--checkpoint") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state dict with our key names, metadata) from a .pt/.pth/.th/.tar or .safetensors file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"--checkpoint: {path} does not exist or is not a file. Check the path.")
+        raise CheckpointError(f"{flag}: {path} does not exist or is not a file. Check the path.")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        raw, meta = _read_safetensors(path)
+        raw, meta = _read_safetensors(path, flag)
     elif suffix in TORCH_SUFFIXES:
-        raw, meta = _read_torch(path)
+        raw, meta = _read_torch(path, flag)
     else:
         raise CheckpointError(
-            f"--checkpoint: {path} has suffix {path.suffix!r}; give a PyTorch file "
+            f"{flag}: {path} has suffix {path.suffix!r}; give a PyTorch file "
             f"({', '.join(TORCH_SUFFIXES)}) or a .safetensors file."
         )
-    return normalize_keys(raw, path), _check_meta(meta, path)
+    return normalize_keys(raw, path, flag=flag), _check_meta(meta, path, flag)
 
 
-def _check_meta(meta: Any, path: Path) -> dict[str, Any]:
+def _check_meta(meta: Any, path: Path, flag: str) -> dict[str, Any]:
     """Our metadata block of a checkpoint, type- and range-checked: it is untrusted input like the
     weights, and a bad value in it must be blamed on the checkpoint, not on a flag never passed."""
-    where = f"--checkpoint {path}: its {META_KEY!r} metadata"
+    where = f"{flag} {path}: its {META_KEY!r} metadata"
     if not isinstance(meta, dict):
         raise CheckpointError(f"{where} is a {type(meta).__name__}, not an object. Re-save the checkpoint with "
                               "`resnet-deploy train`, or save only the weights (then pass the flags).")
@@ -81,7 +81,7 @@ def _check_meta(meta: Any, path: Path) -> dict[str, Any]:
     return meta
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def _read_safetensors(path: Path, flag: str) -> tuple[dict[str, Any], dict[str, Any]]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
@@ -91,11 +91,11 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         tensors = load_file(str(path))
         meta = json.loads(header[META_KEY]) if META_KEY in header else {}
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"--checkpoint: {path} is not a readable safetensors file ({err}).") from None
+        raise CheckpointError(f"{flag}: {path} is not a readable safetensors file ({err}).") from None
     return tensors, meta
 
 
-def _read_torch(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def _read_torch(path: Path, flag: str) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -104,18 +104,18 @@ def _read_torch(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         refused = [line for line in lines if "GLOBAL" in line]
         if not refused:
             what = next((line for line in lines if line.startswith("Unsupported")), "invalid pickle data")
-            raise _unreadable(path, f"UnpicklingError: {what}") from None
+            raise _unreadable(path, f"UnpicklingError: {what}", flag) from None
         raise CheckpointError(
-            f"--checkpoint: {path} holds pickled Python objects besides tensors ({refused[0][:200]}). Checkpoints "
+            f"{flag}: {path} holds pickled Python objects besides tensors ({refused[0][:200]}). Checkpoints "
             "are untrusted input, so resnet-deploy never unpickles arbitrary objects. Re-save only the weights: "
             "torch.save(model.state_dict(), 'weights.pt') or safetensors.torch.save_file(...)."
         ) from None
     except Exception as err:
         first = str(err).splitlines()[0][:160] if str(err) else "corrupt"
-        raise _unreadable(path, f"{err.__class__.__name__}: {first}") from None
+        raise _unreadable(path, f"{err.__class__.__name__}: {first}", flag) from None
     if not isinstance(obj, dict):
         raise CheckpointError(
-            f"--checkpoint: {path} holds a {type(obj).__name__}, not a state dict. Save model.state_dict()."
+            f"{flag}: {path} holds a {type(obj).__name__}, not a state dict. Save model.state_dict()."
         )
     meta = obj.get(META_KEY, {})
     for key in NESTED_KEYS:
@@ -124,18 +124,18 @@ def _read_torch(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return obj, meta
 
 
-def _unreadable(path: Path, detail: str) -> CheckpointError:
+def _unreadable(path: Path, detail: str, flag: str) -> CheckpointError:
     return CheckpointError(
-        f"--checkpoint: {path} is not a readable PyTorch checkpoint ({detail}). It may be truncated or corrupt: "
+        f"{flag}: {path} is not a readable PyTorch checkpoint ({detail}). It may be truncated or corrupt: "
         "copy it again or re-save it."
     )
 
 
-def normalize_keys(raw: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
+def normalize_keys(raw: dict[str, Any], path: Path, *, flag: str = "--checkpoint") -> dict[str, torch.Tensor]:
     """Strip DataParallel/DDP/compile prefixes and rename other public layouts to ours."""
     tensors = {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not tensors:
-        raise CheckpointError(f"--checkpoint: {path} holds no tensors. Is it a model checkpoint?")
+        raise CheckpointError(f"{flag}: {path} holds no tensors. Is it a model checkpoint?")
     for prefix in PREFIXES:
         if all(k.startswith(prefix) for k in tensors):
             tensors = {k[len(prefix):]: v for k, v in tensors.items()}
@@ -228,25 +228,25 @@ def guess_layout(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
     return guess
 
 
-def unknown_arch_error(path: str | Path, sd: dict[str, torch.Tensor]) -> CheckpointError:
+def unknown_arch_error(path: str | Path, sd: dict[str, torch.Tensor], *, flag: str = "--checkpoint") -> CheckpointError:
     """Why no single architecture fits ``sd``, naming the candidates."""
     features = read_features(sd)
     if features is None:
         return CheckpointError(
-            f"--checkpoint: could not tell which ResNet {path} holds (keys such as {', '.join(list(sd)[:4])}). "
+            f"{flag}: could not tell which ResNet {path} holds (keys such as {', '.join(list(sd)[:4])}). "
             f"Pass --arch (one of {', '.join(list_archs())})."
         )
     matches = matching_archs(features)
     if len(matches) > 1:
         return CheckpointError(
-            f"--checkpoint: {path} fits more than one architecture ({features.describe()}): candidates "
+            f"{flag}: {path} fits more than one architecture ({features.describe()}): candidates "
             f"{', '.join(matches)}. Pass --arch with the one it was trained as."
         )
     diffs = {name: features.differences(get_arch(name)) for name in list_archs()}
     fewest = min(len(d) for d in diffs.values())
     nearest = [f"{name} (differs in {', '.join(d)})" for name, d in diffs.items() if len(d) == fewest]
     return CheckpointError(
-        f"--checkpoint: {path} holds a ResNet that no known architecture matches ({features.describe()}). "
+        f"{flag}: {path} holds a ResNet that no known architecture matches ({features.describe()}). "
         f"Nearest candidates: {'; '.join(nearest)}. `resnet-deploy archs` lists every architecture; "
         "pass --arch if one of them is meant."
     )
@@ -267,11 +267,11 @@ def _describe_mismatch(model: nn.Module, sd: dict[str, torch.Tensor]) -> str:
     return "; ".join(parts)
 
 
-def check_finite(sd: dict[str, torch.Tensor], path: str) -> None:
+def check_finite(sd: dict[str, torch.Tensor], path: str, *, flag: str = "--checkpoint") -> None:
     bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(
-            f"--checkpoint: {path} has NaN or Inf values in {len(bad)} tensor(s) (first: {bad[0]}). "
+            f"{flag}: {path} has NaN or Inf values in {len(bad)} tensor(s) (first: {bad[0]}). "
             "The training run diverged or the file is damaged: use an earlier checkpoint."
         )
 
@@ -282,16 +282,17 @@ def load_model(
     arch: str | None = None,
     num_classes: int | None = None,
     in_channels: int | None = None,
+    flag: str = "--checkpoint",
 ) -> LoadedModel:
-    """Build the architecture a checkpoint fits (or the one asked for) and load it strictly."""
-    sd, meta = read_checkpoint(path)
-    check_finite(sd, str(path))
+    """Build the architecture a checkpoint fits (or the one asked for) and load it strictly; errors name ``flag``."""
+    sd, meta = read_checkpoint(path, flag=flag)
+    check_finite(sd, str(path), flag=flag)
     guess: dict[str, Any] = {**guess_layout(sd), **{k: meta[k] for k in ("arch", "shortcut") if k in meta}}
     if arch is not None:
         arch = get_arch(arch).name  # unknown names fail here with the list of known ones
     arch = arch or guess.get("arch")
     if arch is None:
-        raise unknown_arch_error(path, sd)
+        raise unknown_arch_error(path, sd, flag=flag)
     nc = num_classes or guess.get("num_classes", 1000)
     ch = in_channels or guess.get("in_channels", 3)
     shortcut = guess.get("shortcut") if get_arch(arch).family == "cifar" else "B"
@@ -304,7 +305,7 @@ def load_model(
         fit = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in guess.items() if k in ("arch", "num_classes"))
         hint = f" The checkpoint looks like {fit}." if fit else ""
         raise CheckpointError(
-            f"--checkpoint: {path} does not fit {arch} with {nc} classes and {ch} input channel(s): {problems}."
+            f"{flag}: {path} does not fit {arch} with {nc} classes and {ch} input channel(s): {problems}."
             f"{hint} Pass the matching --arch/--num-classes, or check the file."
         )
     model.load_state_dict(sd, strict=True)
