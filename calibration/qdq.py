@@ -34,9 +34,9 @@ MIN_GEMM_DIM = 16
 MIN_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear
 AGREEMENT_IMAGES = 300  # calibration images the "auto" rule and the recorded agreement use
 AUTO = "auto"  # try every amax rule, keep the one whose Q/DQ model agrees best with FP32
-# Preference among equally good rules: percentile is robust to outliers without entropy's occasional
-# over-clipping; max clips nothing.
-_TIE_ORDER = ("percentile", "entropy", "max")
+# Preference among equally good rules: mse weighs clipping against step size tensor by tensor; percentile is
+# robust to outliers without entropy's occasional over-clipping; max clips nothing.
+_TIE_ORDER = ("mse", "percentile", "entropy", "max")
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def make_qdq_onnx(fp32_onnx: Path, out: Path, calibration: np.ndarray, *, sessio
     """Write the Q/DQ model of ``fp32_onnx`` to ``out``; activation ranges from ``calibration`` (float32 NCHW).
 
     ``method``: "auto" (every rule, the best agreement with FP32 on the calibration images wins), or one
-    of max/percentile/entropy. ``amax`` skips calibration when the ranges are already known.
+    of max/percentile/entropy/mse. ``amax`` skips calibration when the ranges are already known.
     ``float_layers``: ONNX node names left in float (no Q/DQ on their weights nor on their activation input).
     """
     import onnx

@@ -193,7 +193,7 @@ def test_old_opsets_are_refused(quantized, tmp_path):
 def test_unknown_method_is_a_config_error(quantized, tmp_path):
     fp32, _, _, calib = quantized
     with pytest.raises(ConfigError, match="method"):
-        make_qdq_onnx(fp32, tmp_path / "q.onnx", calib, method="mse")
+        make_qdq_onnx(fp32, tmp_path / "q.onnx", calib, method="kl")
 
 
 # --- activation range rules ------------------------------------------------------------------------
@@ -333,7 +333,7 @@ def test_auto_rule_keeps_the_candidate_that_agrees_best_on_calibration_images(tm
     calib = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
     fp32 = _export(model, tmp_path / "fp32.onnx", calib[:2])
     result = make_qdq_onnx(fp32, tmp_path / "qdq.onnx", calib)
-    assert set(result.candidates) == {"max", "percentile", "entropy"}
+    assert set(result.candidates) == {"max", "percentile", "entropy", "mse"}
     assert result.calibration_agreement == max(result.candidates.values())
     assert result.method in result.candidates
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32.onnx", "qdq.onnx"]
