@@ -14,10 +14,9 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
-import torch
 
 from resnet_deploy import environment, interrupts, recipes
 from resnet_deploy.calibration.labels import read_labels
@@ -30,15 +29,14 @@ from resnet_deploy.errors import DataError, GateFailed, GateUnverified
 from resnet_deploy.host import cpu_name
 from resnet_deploy.models import get_arch
 from resnet_deploy.pipeline import bundle as bundle_io
-from resnet_deploy.pipeline import checkpoint as ckpt
 from resnet_deploy.pipeline import out_lock
 from resnet_deploy.pipeline import predictions as predictions_io
 from resnet_deploy.pipeline.evaluate import score
-from resnet_deploy.pipeline.export import export_onnx
 from resnet_deploy.pipeline.fallback import Fallback, held_out_count
-from resnet_deploy.pipeline.fold import FoldCheck, fold_batchnorm, verify_fold
+from resnet_deploy.pipeline.fold import FoldCheck
 from resnet_deploy.pipeline.html_report import render_html
 from resnet_deploy.pipeline.latency import LatencyStats, measure, measure_throughput
+from resnet_deploy.pipeline.loaded_model import LoadedModel
 from resnet_deploy.pipeline.onnx_input import OnnxModel, fold_onnx, load_onnx, reference_runner, write_onnx
 from resnet_deploy.pipeline.records import (
     DataInfo,
@@ -65,6 +63,9 @@ from resnet_deploy.targets import (
     option_owners,
     runtimes,
 )
+
+if TYPE_CHECKING:  # torch is imported by the stages that need it: a build from --onnx never does
+    import torch
 
 
 @dataclass(frozen=True)
@@ -266,28 +267,32 @@ def train_stage(s: BuildSettings, ui: Ui) -> BuildSettings:
                    eval_data=s.eval_data if s.eval_data is not None else s.train_data)
 
 
-def load_model_stage(s: BuildSettings, ui: Ui) -> ckpt.LoadedModel:
-    if s.onnx is not None:
-        loaded: ckpt.LoadedModel = load_onnx(s.onnx, input_size=s.input_size, mean=s.mean, std=s.std,
-                                             num_classes=s.num_classes)
-    elif s.checkpoint is not None:
-        loaded = ckpt.load_model(s.checkpoint, arch=s.arch, num_classes=s.num_classes)
-    elif s.arch is not None:
-        spec = get_arch(s.arch)
-        ui.warn(f"no --checkpoint: building a RANDOMLY INITIALISED {spec.name}. Its accuracy means nothing; "
-                "use it for latency work only.")
-        # As many classes as the evaluation data has, so the random model runs through every stage.
-        num_classes = s.num_classes or len(_eval_source(s).class_names)
-        loaded = ckpt.random_model(spec.name, num_classes=num_classes, in_channels=3)
-    else:
-        loaded = ckpt.load_model(EMBEDDED_MODEL, num_classes=s.num_classes)
-        loaded = replace(loaded, source="embedded:" + EMBEDDED_MODEL.name)
+def load_model_stage(s: BuildSettings, ui: Ui) -> LoadedModel:
+    loaded = _load_model(s, ui)
     ui.info(f"model: {loaded.arch}, {loaded.num_classes} classes, {loaded.in_channels} channel(s), "
             f"from {loaded.source}")
     return loaded
 
 
-def _preprocessing(s: BuildSettings, loaded: ckpt.LoadedModel, class_names: tuple[str, ...]) -> Preprocessing:
+def _load_model(s: BuildSettings, ui: Ui) -> LoadedModel:
+    if s.onnx is not None:  # the one path without PyTorch: nothing after it imports torch either
+        return load_onnx(s.onnx, input_size=s.input_size, mean=s.mean, std=s.std, num_classes=s.num_classes)
+    from resnet_deploy.pipeline import checkpoint as ckpt
+
+    if s.checkpoint is not None:
+        return ckpt.load_model(s.checkpoint, arch=s.arch, num_classes=s.num_classes)
+    if s.arch is not None:
+        spec = get_arch(s.arch)
+        ui.warn(f"no --checkpoint: building a RANDOMLY INITIALISED {spec.name}. Its accuracy means nothing; "
+                "use it for latency work only.")
+        # As many classes as the evaluation data has, so the random model runs through every stage.
+        num_classes = s.num_classes or len(_eval_source(s).class_names)
+        return ckpt.random_model(spec.name, num_classes=num_classes, in_channels=3)
+    return replace(ckpt.load_model(EMBEDDED_MODEL, num_classes=s.num_classes),
+                   source="embedded:" + EMBEDDED_MODEL.name)
+
+
+def _preprocessing(s: BuildSettings, loaded: LoadedModel, class_names: tuple[str, ...]) -> Preprocessing:
     """Flags win over the checkpoint's own record, which wins over the family's defaults (the ImageNet
     family's: torchvision's evaluation transform)."""
     saved = loaded.meta.get("preprocessing")
@@ -320,7 +325,7 @@ def _eval_source(s: BuildSettings) -> ImageSource:
     return open_source(s.eval_data, "test", flag="--eval-data", labels=labels, ground_truth=s.ground_truth)
 
 
-def data_stage(s: BuildSettings, loaded: ckpt.LoadedModel, ui: Ui) -> Data:
+def data_stage(s: BuildSettings, loaded: LoadedModel, ui: Ui) -> Data:
     eval_src = _eval_source(s)
     # Without --calib-data, calibrate on the evaluation data's own training split, or on the rest of its
     # folder: never on another data set than the one the user pointed at.
@@ -359,11 +364,15 @@ def data_stage(s: BuildSettings, loaded: ckpt.LoadedModel, ui: Ui) -> Data:
     return Data(prep, calib, evals, sample, info, held_out)
 
 
-def fold_stage(loaded: ckpt.LoadedModel, data: Data, ui: Ui) -> tuple[Any, FoldCheck]:
+def fold_stage(loaded: LoadedModel, data: Data, ui: Ui) -> tuple[Any, FoldCheck]:
     """BN folded into the convolutions: a new module, or for an ONNX input a new graph (checked alike)."""
     if isinstance(loaded, OnnxModel):
         folded, check = fold_onnx(loaded, data.check_inputs())
     else:
+        import torch
+
+        from resnet_deploy.pipeline.fold import fold_batchnorm, verify_fold
+
         folded, count = fold_batchnorm(loaded.model)
         check = verify_fold(loaded.model, folded, torch.from_numpy(data.check_inputs()), count)
     ui.info(f"fold: {check.folded_layers} conv+BN pairs folded, max |diff| {check.max_abs_diff:.2e} "
@@ -371,7 +380,7 @@ def fold_stage(loaded: ckpt.LoadedModel, data: Data, ui: Ui) -> tuple[Any, FoldC
     return folded, check
 
 
-def export_stage(loaded: ckpt.LoadedModel, data: Data, folded: Any, fold_check: FoldCheck,
+def export_stage(loaded: LoadedModel, data: Data, folded: Any, fold_check: FoldCheck,
                  staging: Path, ui: Ui) -> Converted:
     path = staging / bundle_io.MODEL_ONNX
     metadata = {"resnet_deploy.preprocessing": data.prep.to_json(), "resnet_deploy.arch": loaded.arch,
@@ -380,6 +389,8 @@ def export_stage(loaded: ckpt.LoadedModel, data: Data, folded: Any, fold_check: 
         check = write_onnx(folded, path, sample=data.check_inputs(), metadata=metadata)
         against, module = "the input graph", None
     else:
+        from resnet_deploy.pipeline.export import export_onnx
+
         check = export_onnx(folded, path, sample=data.check_inputs(), metadata=metadata)
         against, module = "PyTorch", folded
     bundle_io.write_json(staging / bundle_io.PREPROCESSING, data.prep.to_dict())
@@ -387,17 +398,22 @@ def export_stage(loaded: ckpt.LoadedModel, data: Data, folded: Any, fold_check: 
     return Converted(module, path, {"fold": fold_check.to_dict(), "export": check.to_dict()})
 
 
-def reference_stage(loaded: ckpt.LoadedModel, data: Data, ui: Ui) -> Baseline:
+def reference_stage(loaded: LoadedModel, data: Data, ui: Ui) -> Baseline:
     """FP32 predictions every row is compared with: the PyTorch model, or an ONNX input's graph as given."""
+    held = contextlib.ExitStack()
     if isinstance(loaded, OnnxModel):  # no PyTorch model: the graph as given, in the pipeline's ONNX session
         framework, run = reference_runner(loaded)
         shown = framework
     else:
+        import torch
+
+        assert loaded.model is not None
         model = loaded.model.eval()
         framework, shown, run = "pytorch", "PyTorch", lambda x: model(torch.from_numpy(x)).numpy()
+        held.enter_context(torch.inference_mode())
     images = data.evals.stream(data.prep, flag="--eval-data")
     preds = np.full(len(images), -1, dtype=np.int64)
-    with torch.inference_mode(), ui.task(f"reference ({shown} FP32)", len(images)) as bar:
+    with held, ui.task(f"reference ({shown} FP32)", len(images)) as bar:
         for chunk in images:
             preds[chunk.positions] = np.asarray(run(data.prep.normalize(chunk.pixels))).argmax(1)
             bar.advance(chunk.covered)
@@ -454,7 +470,7 @@ def _artifact_bytes(staging: Path, artifact: Artifact) -> int:
 _THROUGHPUT_IMAGES = 64
 
 
-def validate_stage(s: BuildSettings, loaded: ckpt.LoadedModel, data: Data, baseline: Baseline,
+def validate_stage(s: BuildSettings, loaded: LoadedModel, data: Data, baseline: Baseline,
                    artifacts: list[Artifact], staging: Path, ui: Ui) -> Validated:
     """Accuracy of every artifact in one streamed pass, each at its runtime's throughput settings; then, per
     measured artifact, images/s in the same mode and latency at batch 1 with the latency settings. A
@@ -519,7 +535,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def report_stage(s: BuildSettings, loaded: ckpt.LoadedModel, data: Data, converted: Converted, baseline: Baseline,
+def report_stage(s: BuildSettings, loaded: LoadedModel, data: Data, converted: Converted, baseline: Baseline,
                  artifacts: list[Artifact], results: Validated, stages: list[Stage], staging: Path,
                  wall: float, *, sensitivity: Sensitivity | None = None) -> Report:
     preds = predictions_io.Predictions(
@@ -535,7 +551,7 @@ def report_stage(s: BuildSettings, loaded: ckpt.LoadedModel, data: Data, convert
         status=g.status,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         model=ModelInfo(loaded.arch, loaded.num_classes, tuple(data.prep.shape), loaded.source, loaded.shortcut,
-                        int(sum(p.numel() for p in loaded.model.parameters()))),
+                        loaded.parameter_count),
         preprocessing=data.prep.to_dict(), data=data.info, reference=baseline.reference, results=results.rows, gate=g,
         checks=converted.checks, stages=tuple(stages),
         commands={k: v for a in artifacts for k, v in a.commands.items()},

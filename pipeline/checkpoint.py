@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.errors import CheckpointError, ConfigError
 from resnet_deploy.files import as_newly_created
 from resnet_deploy.models import ArchSpec, build_model, get_arch, list_archs
+from resnet_deploy.pipeline.loaded_model import LoadedModel
 
 TORCH_SUFFIXES = (".pt", ".pth", ".th", ".tar", ".ckpt", ".bin")
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "ema", "model_ema")
@@ -27,19 +28,6 @@ PREFIXES = ("module.", "_orig_mod.", "model.", "net.")
 # Other public layouts of the same networks, renamed to ours (CIFAR checkpoints call fc "linear").
 KEY_ALIASES = ((re.compile(r"^linear\."), "fc."), (re.compile(r"\.shortcut\.(\d)\."), r".downsample.\1."))
 META_KEY = "resnet_deploy"
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A model in eval mode and what is known of it."""
-
-    model: nn.Module
-    arch: str
-    num_classes: int
-    in_channels: int
-    shortcut: str
-    source: str
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def read_checkpoint(path: str | Path, *, flag: str = "--checkpoint") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

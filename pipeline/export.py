@@ -10,14 +10,15 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from resnet_deploy.errors import VerificationError
 from resnet_deploy.pipeline.onnx_fold import fold_constants
+
+if TYPE_CHECKING:  # torch is imported by the functions that run a module: build --onnx needs none of it
+    from torch import nn
 
 OPSET = 17
 INPUT_NAME = "input"
@@ -42,6 +43,7 @@ def export_onnx(model: nn.Module, path: Path, *, sample: np.ndarray, metadata: d
                 opset: int = OPSET) -> ExportCheck:
     """Write ``model`` to ``path``, check it with ``onnx.checker`` and against PyTorch on ``sample``."""
     import onnx
+    import torch
 
     model = model.eval()
     dummy = torch.from_numpy(sample[:2].copy())
@@ -87,6 +89,8 @@ def run_onnx(path: Path, batch: np.ndarray) -> np.ndarray:
 
 
 def check_parity(model: nn.Module, path: Path, sample: np.ndarray) -> ExportCheck:
+    import torch
+
     with torch.inference_mode():
         ref = model(torch.from_numpy(sample)).numpy()
     return compare_outputs(ref, run_onnx(path, sample), against="PyTorch")

@@ -9,37 +9,43 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor, nn
 
 from resnet_deploy.errors import VerificationError
+
+if TYPE_CHECKING:  # torch is imported where a module is folded: the ONNX fold and FoldCheck need none of it
+    from torch import Tensor, nn
 
 # A folded model must match the original within this share of the output's scale (max |logit|).
 FOLD_RTOL = 1e-5
 
 
-def fuse_conv_bn_weights(
-    conv_w: Tensor, conv_b: Tensor | None, bn_mean: Tensor, bn_var: Tensor, bn_eps: float,
-    bn_w: Tensor | None, bn_b: Tensor | None,
-) -> tuple[Tensor, Tensor]:
-    """W' = W * g / sqrt(var + eps) per output channel; b' = (b - mean) * g / sqrt(var + eps) + beta."""
+def fuse_conv_bn_weights(conv_w: Any, conv_b: Any | None, bn_mean: Any, bn_var: Any, bn_eps: float,
+                         bn_w: Any | None, bn_b: Any | None) -> tuple[Any, Any]:
+    """W' = W * g / sqrt(var + eps) per output channel; b' = (b - mean) * g / sqrt(var + eps) + beta.
+
+    On torch tensors (a module's) or numpy arrays (an ONNX graph's initializers), in the weight's dtype."""
     if conv_b is None:
-        conv_b = torch.zeros_like(bn_mean)
+        conv_b = bn_mean * 0
     if bn_w is None:
-        bn_w = torch.ones_like(bn_mean)
+        bn_w = bn_mean * 0 + 1
     if bn_b is None:
-        bn_b = torch.zeros_like(bn_mean)
-    scale = bn_w * torch.rsqrt(bn_var + bn_eps)
+        bn_b = bn_mean * 0
+    var = bn_var + bn_eps
+    scale = bn_w * (var.rsqrt() if hasattr(var, "rsqrt") else 1 / np.sqrt(var))
     shape = [-1] + [1] * (conv_w.ndim - 1)
-    fused_w = (conv_w * scale.reshape(shape)).to(conv_w.dtype)
-    fused_b = ((conv_b - bn_mean) * scale + bn_b).to(conv_w.dtype)
-    return fused_w, fused_b
+    fused_w, fused_b = conv_w * scale.reshape(shape), (conv_b - bn_mean) * scale + bn_b
+    if hasattr(fused_w, "to"):
+        return fused_w.to(conv_w.dtype), fused_b.to(conv_w.dtype)
+    return fused_w.astype(conv_w.dtype), fused_b.astype(conv_w.dtype)
 
 
 def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A new conv equal to ``bn(conv(x))`` in eval mode."""
+    from torch import nn
+
     if bn.training or conv.training:
         raise ValueError("folding needs both modules in eval mode")
     if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
@@ -56,6 +62,8 @@ def _fold_in_place(module: nn.Module) -> int:
 
     convN may be a Sequential ending in a conv (the deep stem of ResNet-C/D): bnN folds into its last conv.
     """
+    from torch import nn
+
     count = 0
     names = dict(module.named_children())
     for name, child in names.items():
@@ -86,6 +94,8 @@ def _fold_in_place(module: nn.Module) -> int:
 
 def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
     """A copy of ``model`` (eval mode) with every conv -> BN pair folded; and how many were folded."""
+    from torch import nn
+
     folded = copy.deepcopy(model).eval()
     count = _fold_in_place(folded)
     leftover = [n for n, m in folded.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -119,6 +129,8 @@ class FoldCheck:
 
 def verify_fold(original: nn.Module, folded: nn.Module, sample: Tensor, folded_layers: int) -> FoldCheck:
     """Compare logits of both models on real inputs; raise if folding changed them."""
+    import torch
+
     with torch.inference_mode():
         ref = original.eval()(sample)
         out = folded.eval()(sample)

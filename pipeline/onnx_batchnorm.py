@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from resnet_deploy.pipeline.fold import fuse_conv_bn_weights
 
@@ -62,15 +61,14 @@ def fold_batchnorm_graph(model: Any) -> GraphFold:
         if conv is None or not foldable:
             leftover.append(bn.name or bn.output[0])
             continue
-        gamma, beta, mean, var = (torch.from_numpy(np.array(p, dtype=np.float32)) for p in params)
-        weight = torch.from_numpy(inits[conv.input[1]].astype(np.float32))
-        bias = (torch.from_numpy(inits[conv.input[2]].astype(np.float32))
-                if len(conv.input) > 2 and conv.input[2] else None)
+        gamma, beta, mean, var = (np.array(p, dtype=np.float32) for p in params)
+        weight = inits[conv.input[1]].astype(np.float32)
+        bias = inits[conv.input[2]].astype(np.float32) if len(conv.input) > 2 and conv.input[2] else None
         w, b = fuse_conv_bn_weights(weight, bias, mean, var, _attr(bn, "epsilon", 1e-5), gamma, beta)
         # New names: the conv's old weight may be shared, and the old tensors go when nothing uses them.
         stem = conv.name or conv.output[0]
         w_name, b_name = f"{stem}.weight_bn_folded", f"{stem}.bias_bn_folded"
-        new_inits += [numpy_helper.from_array(w.numpy(), w_name), numpy_helper.from_array(b.numpy(), b_name)]
+        new_inits += [numpy_helper.from_array(w, w_name), numpy_helper.from_array(b, b_name)]
         data = conv.input[0]
         del conv.input[:]
         conv.input.extend([data, w_name, b_name])

@@ -15,15 +15,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
-from torch import nn
 
 from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.calibration.qdq import MIN_OPSET
 from resnet_deploy.errors import CheckpointError, ConfigError
-from resnet_deploy.pipeline.checkpoint import LoadedModel
 from resnet_deploy.pipeline.export import INPUT_NAME, OUTPUT_NAME, ExportCheck, compare_outputs, finish_onnx, run_onnx
 from resnet_deploy.pipeline.fold import FoldCheck, compare_folded
+from resnet_deploy.pipeline.loaded_model import LoadedModel
 from resnet_deploy.pipeline.onnx_batchnorm import fold_batchnorm_graph
 from resnet_deploy.pipeline.onnx_fold import fold_constants
 from resnet_deploy.targets import onnx_session, onnx_session_runtime
@@ -45,15 +43,6 @@ _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _PROBE_BATCH = 2  # more than one image: a graph exported with a fixed batch of 1 shows itself here
 
 
-class OnnxWeights(nn.Module):
-    """The graph's learned tensors as shapes only (meta tensors, no memory), so the model record counts
-    parameters as PyTorch would; the graph itself runs in an ONNX session, never here."""
-
-    def __init__(self, shapes: list[tuple[int, ...]]) -> None:
-        super().__init__()
-        self.tensors = nn.ParameterList(nn.Parameter(torch.empty(s, device="meta")) for s in shapes)
-
-
 @dataclass(frozen=True)
 class OnnxModel(LoadedModel):
     """A model that came as an FP32 ONNX file: ``graph`` is it, prepared (input/output names of the bundle,
@@ -61,6 +50,11 @@ class OnnxModel(LoadedModel):
 
     path: Path = Path()
     graph: Any = None
+    learned: int = 0  # elements of the graph's learned tensors: the parameters PyTorch would count
+
+    @property
+    def parameter_count(self) -> int:
+        return self.learned
 
 
 def _fail(path: Path, what: str, fix: str) -> CheckpointError:
@@ -108,7 +102,7 @@ def load_onnx(path: Path, *, input_size: tuple[int, int] | None = None, mean: tu
     # A name for the report and the default --out folder: the one this tool recorded, if a plain word.
     arch = next((p.value for p in proto.metadata_props if p.key == "resnet_deploy.arch"), "")
     return OnnxModel(
-        model=OnnxWeights(_learned_shapes(graph)), arch=arch if _PLAIN_NAME.fullmatch(arch) else path.stem,
+        model=None, learned=_learned_count(graph), arch=arch if _PLAIN_NAME.fullmatch(arch) else path.stem,
         num_classes=classes, in_channels=channels, shortcut="", source=f"onnx:{path}",
         meta={"preprocessing": prep.to_dict()}, path=path, graph=graph,
     )
@@ -222,11 +216,11 @@ def _probe(graph: Any, prep: Preprocessing, path: Path) -> int:
     return int(logits.shape[1])
 
 
-def _learned_shapes(graph: Any) -> list[tuple[int, ...]]:
+def _learned_count(graph: Any) -> int:
     inits = {t.name: tuple(t.dims) for t in graph.graph.initializer}
     names = {n.input[k]: None for n in graph.graph.node for k in _LEARNED_INPUTS.get(n.op_type, ())
              if k < len(n.input) and n.input[k] in inits}
-    return [inits[name] for name in names]
+    return sum(int(np.prod(inits[name], dtype=np.int64)) for name in names)
 
 
 def _runner(graph: Any) -> Callable[[np.ndarray], np.ndarray]:

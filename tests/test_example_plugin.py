@@ -58,14 +58,15 @@ def site(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def built(site, fashion_mnist, tmp_path_factory) -> Path:
-    """``build --target onnx-reference`` with the embedded default model on real images."""
+def built(site, fashion_mnist, shared_bundle, tmp_path_factory) -> Path:
+    """``build --target onnx-reference`` on real images, from the embedded default model as the shared bundle
+    exported it (``--onnx``: the build imports no PyTorch, nor does this plug-in)."""
     work = tmp_path_factory.mktemp("built")
     # 60 images cannot verify a 1-point gate (exit 5, UNVERIFIED); this test is about the plug-in, not the verdict.
     # Its pure-Python evaluator takes ~45 ms a call: time 5 calls per row, not the default 50.
-    ok(cli("build", "--target", NAME, "--eval-samples", "60", "--calib-samples", "16", "--latency-seconds", "0",
-           "--latency-iterations", "5", "--max-drop", "100", "--min-agreement", "0", "--out", "bundle", "-q",
-           site=site, cwd=work))
+    ok(cli("build", "--target", NAME, "--onnx", shared_bundle / "model_fp32.onnx", "--eval-samples", "60",
+           "--calib-samples", "16", "--latency-seconds", "0", "--latency-iterations", "5", "--max-drop", "100",
+           "--min-agreement", "0", "--out", "bundle", "-q", site=site, cwd=work))
     return work / "bundle"
 
 
@@ -92,7 +93,7 @@ def test_build_writes_both_rows_under_the_targets_folder(built):
     for row in rows.values():
         assert row["runtime"] == NAME and row["artifact"].startswith(f"{NAME}/"), row
         assert "ReferenceEvaluator" in row["runner"] and row["iterations"] == 5, row  # --latency-iterations 5
-        assert row["agreement"] >= 0.97, row  # FP32 is the PyTorch model itself; INT8 keeps its answers
+        assert row["agreement"] >= 0.97, row  # FP32 is the ONNX graph given; INT8 keeps its answers
     assert report["gate"]["passed"], report["gate"]
 
 

@@ -7,6 +7,8 @@ naming --onnx; the embedded model's ONNX export builds end to end with the same 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -104,7 +106,7 @@ def test_load_reads_the_graph_and_counts_parameters_as_pytorch(embedded, embedde
     loaded = load_onnx(embedded_onnx, mean=(0.3,), std=(0.35,))
     assert (loaded.num_classes, loaded.in_channels) == (10, 1)
     assert Preprocessing.from_dict(loaded.meta["preprocessing"]).input_size == (28, 28)  # from the graph's fixed size
-    assert sum(p.numel() for p in loaded.model.parameters()) == sum(p.numel() for p in embedded.model.parameters())
+    assert loaded.parameter_count == embedded.parameter_count == sum(p.numel() for p in embedded.model.parameters())
     graph = loaded.graph.graph
     assert [i.name for i in graph.input] == ["input"] and [o.name for o in graph.output] == ["logits"]
 
@@ -177,13 +179,20 @@ def test_flag_conflicts_and_missing_normalisation_are_named(embedded_onnx, tmp_p
 @pytest.mark.slow  # a full real build from an ONNX file: make test-slow
 def test_end_to_end_the_fp32_reference_is_the_graph_and_equals_pytorch(embedded, embedded_onnx, fashion_mnist,
                                                                          tmp_path):
+    """In its own process, to show that this path never imports PyTorch (a model given as ONNX needs none)."""
     prep = embedded.meta["preprocessing"]
     out = tmp_path / "bundle"
-    result = CliRunner().invoke(main, [
-        "build", "--onnx", str(embedded_onnx), "--target", "onnxruntime", "--mean", str(prep["mean"][0]),
-        "--std", str(prep["std"][0]), "--eval-samples", "400", "--calib-samples", "64", "--calib-method", "max",
-        "--fallback", "off", "--max-drop", "5", "--out", str(out), "-q"])
-    assert result.exit_code == 0, result.output
+    script = ("import runpy, sys\n"
+              "sys.argv[0] = 'resnet-deploy'\n"
+              "try:\n    runpy.run_module('resnet_deploy', run_name='__main__')\n"
+              "finally:\n    print('torch imported:', 'torch' in sys.modules, file=sys.stderr)\n")
+    done = subprocess.run([
+        sys.executable, "-c", script, "build", "--onnx", str(embedded_onnx), "--target", "onnxruntime",
+        "--mean", str(prep["mean"][0]), "--std", str(prep["std"][0]), "--eval-samples", "400", "--calib-samples",
+        "64", "--calib-method", "max", "--fallback", "off", "--max-drop", "5", "--out", str(out), "-q"],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "torch imported: False" in done.stderr, done.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["reference"]["framework"] == "onnxruntime"
     assert report["model"]["source"] == f"onnx:{embedded_onnx}"

@@ -26,10 +26,16 @@ from resnet_deploy.errors import EnvironmentFault
 from resnet_deploy.interrupts import TEST_PAUSE_ENV
 
 CLI = [sys.executable, "-m", "resnet_deploy"]
-# What these tests build is beside the point (the signal, the disk, the permissions are): a small, sure pass.
+# What these tests build is beside the point (the signal, the disk, the permissions are): a small, sure pass,
+# from the shared bundle's FP32 ONNX (``fast``), a build that never imports PyTorch.
 FAST = ["--target", "onnxruntime", "--eval-samples", "200", "--calib-samples", "16", "--calib-method", "max",
         "--max-drop", "100", "--fallback", "off", "--latency-seconds", "0", "-q"]
 TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def fast(shared_bundle) -> list[str]:
+    return [*FAST, "--onnx", str(shared_bundle / "model_fp32.onnx")]
 
 
 @pytest.fixture(autouse=True)
@@ -88,9 +94,9 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("point, sig", [("data", signal.SIGINT),
                                         pytest.param("report", signal.SIGTERM, marks=pytest.mark.slow)])
-def test_signal_before_publish_leaves_the_old_bundle_untouched(bundle_copy, point, sig):
+def test_signal_before_publish_leaves_the_old_bundle_untouched(bundle_copy, fast, point, sig):
     before = snapshot(bundle_copy)
-    code, err = signal_at(point, sig, "build", "--out", bundle_copy, *FAST)
+    code, err = signal_at(point, sig, "build", "--out", bundle_copy, *fast)
     assert code == 128 + sig, err
     assert "Traceback" not in err and "internal error" not in err, err
     assert f"nothing was written to --out {bundle_copy}; the previous bundle there is untouched" in flat(err)
@@ -98,9 +104,9 @@ def test_signal_before_publish_leaves_the_old_bundle_untouched(bundle_copy, poin
     assert leftovers(bundle_copy.parent, "bundle") == []
 
 
-def test_second_ctrl_c_during_cleanup_prints_no_traceback(tmp_path, fashion_mnist):
+def test_second_ctrl_c_during_cleanup_prints_no_traceback(tmp_path, fashion_mnist, fast):
     out = tmp_path / "new"
-    code, err = signal_at("data", signal.SIGINT, "build", "--out", out, *FAST, repeat=2)
+    code, err = signal_at("data", signal.SIGINT, "build", "--out", out, *fast, repeat=2)
     assert code == 130, err
     assert "Traceback" not in err and "Exception ignored" not in err, err
     assert f"nothing was written to --out {out}." in flat(err)
@@ -108,9 +114,9 @@ def test_second_ctrl_c_during_cleanup_prints_no_traceback(tmp_path, fashion_mnis
 
 
 @pytest.mark.slow  # a full build in a subprocess; the data-stage signal test stays in the fast suite
-def test_signal_inside_publish_is_held_until_the_new_bundle_is_in_place(bundle_copy):
+def test_signal_inside_publish_is_held_until_the_new_bundle_is_in_place(bundle_copy, fast):
     before = snapshot(bundle_copy)
-    code, err = signal_at("publish", signal.SIGTERM, "build", "--out", bundle_copy, *FAST)
+    code, err = signal_at("publish", signal.SIGTERM, "build", "--out", bundle_copy, *fast)
     assert code == 143, err
     assert f"the new bundle was published to --out {bundle_copy}" in flat(err)
     after = snapshot(bundle_copy)
@@ -200,9 +206,9 @@ def tmpfs(path: Path, *, size: str = "2m", read_only: bool = False):
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-def test_disk_full_is_a_user_error_naming_the_path(tmp_path, fashion_mnist):
+def test_disk_full_is_a_user_error_naming_the_path(tmp_path, fashion_mnist, fast):
     with tmpfs(tmp_path / "full", size="1m") as disk:
-        done = cli("build", "--out", disk / "b", *FAST)
+        done = cli("build", "--out", disk / "b", *fast)
         assert done.returncode == 2, done.stderr
         assert f"no space left on the device holding {disk / 'b'}" in flat(done.stderr)
         assert "internal error" not in done.stderr and "Traceback" not in done.stderr
@@ -210,9 +216,9 @@ def test_disk_full_is_a_user_error_naming_the_path(tmp_path, fashion_mnist):
 
 
 @pytest.mark.slow  # the full-disk test takes the same path to the same message
-def test_read_only_out_is_a_user_error_naming_the_path(tmp_path):
+def test_read_only_out_is_a_user_error_naming_the_path(tmp_path, fast):
     with tmpfs(tmp_path / "ro", read_only=True) as disk:
-        for args in (["build", "--out", disk / "b", *FAST], ["train", "--out", disk / "run", "--epochs", "1"]):
+        for args in (["build", "--out", disk / "b", *fast], ["train", "--out", disk / "run", "--epochs", "1"]):
             done = cli(*args)
             assert done.returncode == 2, done.stderr
             assert str(disk) in flat(done.stderr) and "Read-only file system" in done.stderr, done.stderr
@@ -231,13 +237,13 @@ def test_library_error_without_errno_on_a_full_disk_is_named(tmp_path):
 
 
 @pytest.mark.slow  # a build in a subprocess for one message; the permission test covers the path
-def test_out_under_proc_is_a_user_error(tmp_path):
-    done = cli("build", "--out", "/proc/x/b", *FAST)
+def test_out_under_proc_is_a_user_error(tmp_path, fast):
+    done = cli("build", "--out", "/proc/x/b", *fast)
     assert done.returncode == 2, done.stderr
     assert "/proc/x" in flat(done.stderr) and "internal error" not in done.stderr, done.stderr
 
 
-def test_permission_denied_is_a_user_error(tmp_path):
+def test_permission_denied_is_a_user_error(tmp_path, shared_bundle):
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("dropping privileges needs root and setpriv")
     root = Path(__file__).resolve().parents[2]
@@ -245,10 +251,11 @@ def test_permission_denied_is_a_user_error(tmp_path):
         pytest.skip(f"the unprivileged user cannot reach the checkout {root} (a folder on its path is not o+x)")
     locked = Path("/tmp") / f"resnet-deploy-locked-{os.getpid()}"
     locked.mkdir(mode=0o755)
-    try:
+    try:  # the model where the unprivileged user can read it (pytest's folders are the owner's only)
+        model = Path(shutil.copy(shared_bundle / "model_fp32.onnx", locked / "model.onnx"))
         done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *CLI, "build",
-                               "--out", str(locked / "b"), *FAST], capture_output=True, text=True, timeout=TIMEOUT,
-                              cwd="/")
+                               "--out", str(locked / "b"), *FAST, "--onnx", str(model)], capture_output=True,
+                              text=True, timeout=TIMEOUT, cwd="/")
         assert done.returncode == 2, done.stderr
         assert str(locked / "b") in flat(done.stderr) and "ermission denied" in done.stderr, done.stderr
     finally:
