@@ -7,6 +7,8 @@ Placement follows TensorRT's developer guide ("Q/DQ layer placement") and pytorc
 - activations per tensor on each Conv/Gemm/MatMul input and each residual Add's shortcut, so TensorRT
   fuses the Add into the convolution; none on layer outputs (conv outputs, logits): TensorRT chooses;
 - none on a Gemm/MatMul with K or N below 16 (ModelOpt's rule: INT8 does not pay off there).
+A layer kept in float (the accuracy fallback) loses its pairs: a Conv its weights and input, a residual Add its
+shortcut.
 """
 
 from __future__ import annotations
@@ -148,16 +150,22 @@ def cached_ranges(fp32_onnx: Path, model, calibration: np.ndarray, *, session: S
 
 
 def quantizable_layers(graph) -> list[str]:
-    """The ONNX node names whose weights the Q/DQ plan quantizes, in graph order: the layers that can be
-    kept in float (``float_layers``)."""
+    """The layers that can be kept in float (``float_layers``), as ONNX node names in graph order: each
+    Conv/Gemm/MatMul whose weights the Q/DQ plan quantizes, and each residual Add whose shortcut it quantizes.
+
+    A shortcut Add kept in float reads the block's input unquantized: the residual stream then carries no
+    quantization error from one block to the next (on a CIFAR ResNeXt-50, the shortcuts' Q/DQ cost about one
+    point of agreement; benchmarks/results/int8_agreement_cifar.md)."""
     plan = plan_qdq(graph)
-    return [n.name for i, n in enumerate(graph.node)
-            if n.op_type in WEIGHTED_OPS and n.name and any(i == j for j, _ in plan.weight_uses.get(n.input[1], []))]
+    weighted = {i for uses in plan.weight_uses.values() for i, _ in uses}
+    shortcuts = {i for uses in plan.activations.values() for i, _ in uses if graph.node[i].op_type == "Add"}
+    return [n.name for i, n in enumerate(graph.node) if n.name and i in weighted | shortcuts]
 
 
 def keep_float(plan: QdqPlan, graph, names: Sequence[str]) -> QdqPlan:
     """``plan`` without the Q/DQ of the named layers: their weights and their own use of their activation
-    input stay float (a tensor shared with other consumers keeps its pair for them)."""
+    input (a residual Add's: its shortcut) stay float (a tensor shared with other consumers keeps its pair
+    for them)."""
     if not names:
         return plan
     index = {n.name: i for i, n in enumerate(graph.node) if n.name}

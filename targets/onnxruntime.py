@@ -158,6 +158,10 @@ def excluded_nodes(graph, layers: Sequence[str]) -> list[str]:
     out: list[str] = []
     for name in layers:
         out.append(name)
+        # A residual Add: itself, so its sum is not quantized again; its inputs stay quantized (ORT hands an
+        # excluded node the dequantized tensor that its other readers take).
+        if nodes[name].op_type == "Add":
+            continue
         tensor = nodes[name].input[0]
         while uses.get(tensor, 0) == 1 and tensor in producer:
             feed = producer[tensor]

@@ -153,17 +153,21 @@ class OvFlags:
 
 
 def ir_layer_names(model, layers: Sequence[str]) -> list[str]:
-    """NNCF ``ignored_scope`` names for ``layers`` (ONNX node names): the IR's Convolution/MatMul op of each.
+    """NNCF ``ignored_scope`` names for ``layers`` (ONNX node names): the IR's Convolution/MatMul op of each,
+    or for a residual Add its Add op (ignored, NNCF puts no quantizer on its inputs).
 
     The ONNX frontend names a layer's weighted op after the ONNX node, with ``/WithoutBiases`` when the
-    bias became a separate Add (which then carries the plain name)."""
+    bias became a separate Add (which then carries the plain name: weighted ops are matched first)."""
     ops = [op for op in model.get_ordered_ops() if op.get_type_name() in _WEIGHTED_OPS]
+    adds = {op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "Add"}
     out = []
     for layer in layers:
         found = [op.get_friendly_name() for op in ops
                  if op.get_friendly_name() in (layer, f"{layer}/WithoutBiases")]
+        if not found and layer in adds:
+            found = [layer]
         if not found:
-            raise VerificationError(f"The OpenVINO IR has no Convolution or MatMul named after the ONNX layer "
+            raise VerificationError(f"The OpenVINO IR has no Convolution, MatMul or Add named after the ONNX layer "
                                     f"{layer!r}; it cannot be kept in float there.")
         out += found
     return out

@@ -14,7 +14,10 @@ import outlier_onnx as tiny
 import pytest
 from strict_trt import make_tensorrt
 
+from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.calibration.qdq import quantizable_layers
+from resnet_deploy.calibration.sampling import choose, decode
+from resnet_deploy.calibration.sources import open_source
 from resnet_deploy.errors import VerificationError
 from resnet_deploy.pipeline import bundle as bundle_io
 from resnet_deploy.pipeline.checkpoint import load_model
@@ -25,6 +28,7 @@ from resnet_deploy.targets import CompileInput, get_target
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 BLOCK = "/layer2/layer2.1"  # a block whose second conv reads a tensor only it uses
+ADD = f"{BLOCK}/Add"  # its residual join
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +48,22 @@ def model(fashion_mnist, tmp_path_factory) -> tuple[Path, np.ndarray]:
     return tiny.write(tmp_path_factory.mktemp("tiny") / bundle_io.MODEL_ONNX, x, y), x
 
 
+@pytest.fixture(scope="module")
+def resnet20(resnet20_onnx, fashion_mnist) -> tuple[Path, np.ndarray, Preprocessing]:
+    """The embedded model's ONNX with 32 real calibration images: a network with residual Adds."""
+    prep = Preprocessing.from_dict(load_model(EMBEDDED_MODEL).meta["preprocessing"])
+    source = open_source("fashion-mnist", "train", flag="--calib-data")
+    return resnet20_onnx, decode(source, choose(len(source), 32, seed=0), prep, flag="--calib-data").inputs(prep), prep
+
+
 def _compile(name: str, model, folder: Path, float_layers=(), **flags):
     target = get_target(name)
     if target.missing():
         pytest.skip(f"--target {name} needs {', '.join(target.missing())}")
     folder.mkdir(parents=True, exist_ok=True)
     fp32 = Path(shutil.copyfile(model[0], folder / bundle_io.MODEL_ONNX))
-    inp = CompileInput(fp32, model[1], tiny.PREP, target.parse_options(flags), float_layers=tuple(float_layers))
+    prep = model[2] if len(model) > 2 else tiny.PREP
+    inp = CompileInput(fp32, model[1], prep, target.parse_options(flags), float_layers=tuple(float_layers))
     return target.compile(inp, folder)
 
 
@@ -67,6 +80,40 @@ def test_every_builtin_target_declares_float_layers():
     assert all(get_target(n).float_layers for n in ("openvino", "onnxruntime", "tensorrt", "jetson"))
 
 
+def test_the_layers_that_can_stay_float_are_the_weighted_ones_and_the_residual_adds(resnet20_onnx):
+    graph = onnx.load(str(resnet20_onnx)).graph
+    ops = {n.name: n.op_type for n in graph.node}
+    layers = quantizable_layers(graph)
+    assert [ops[name] for name in layers].count("Add") == 9 and ADD in layers  # one per block
+    assert {ops[name] for name in layers} == {"Conv", "Add"}  # the 10-class Gemm stays float anyway
+
+
+def test_a_residual_add_kept_in_float_reads_its_shortcut_unquantized(resnet20, tmp_path):
+    """TensorRT's Q/DQ graph and OpenVINO: no quantizer on the Add's inputs, while the block's first conv still
+    reads the block input quantized; ONNX Runtime (which hands an excluded node the tensor others read
+    quantized): the Add's sum is not quantized again."""
+    sim = _compile("jetson", resnet20, tmp_path / "trt", [ADD])[0]
+    graph = onnx.load(str(tmp_path / "trt" / sim.path)).graph
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    add = next(n for n in graph.node if n.name == ADD)
+    assert "DequantizeLinear" not in [producer.get(t) for t in add.input]
+    assert _onnx_inputs(tmp_path / "trt" / sim.path, f"{BLOCK}/conv1/Conv") == ["DequantizeLinear"] * 2
+
+    import openvino as ov
+
+    mixed = _compile("openvino", resnet20, tmp_path / "ov", [ADD])[1]
+    assert mixed.details["quantization"]["ignored_scope"] == [ADD]
+    op = next(o for o in ov.Core().read_model(str(tmp_path / "ov" / mixed.path)).get_ordered_ops()
+              if o.get_friendly_name() == ADD)
+    assert "FakeQuantize" not in [i.get_source_output().get_node().get_type_name() for i in op.inputs()]
+
+    kept = _compile("onnxruntime", resnet20, tmp_path / "ort", [ADD])[1]
+    assert kept.details["quantization"]["nodes_to_exclude"] == [ADD]
+    graph = onnx.load(str(tmp_path / "ort" / kept.path)).graph
+    add = next(n for n in graph.node if n.name == ADD)
+    assert [n.op_type for n in graph.node if add.output[0] in n.input] == ["Relu"]
+
+
 # --- ONNX Runtime: nodes_to_exclude on its pre-processed graph ----------------------------------------
 
 def test_onnxruntime_names_map_onto_its_preprocessed_graph(resnet20_onnx, tmp_path):
@@ -77,7 +124,7 @@ def test_onnxruntime_names_map_onto_its_preprocessed_graph(resnet20_onnx, tmp_pa
     quant_pre_process(str(resnet20_onnx), str(tmp_path / "pre.onnx"), skip_symbolic_shape=True)
     graph = onnx.load(str(tmp_path / "pre.onnx")).graph
     layers = quantizable_layers(onnx.load(str(resnet20_onnx)).graph)
-    assert len(layers) == 19 and set(layers) <= {n.name for n in graph.node}
+    assert len(layers) == 28 and set(layers) <= {n.name for n in graph.node}  # 19 convolutions, 9 residual Adds
     # conv2 reads conv1's output through a ReLU nothing else reads: ORT would quantize it at conv1's output
     assert excluded_nodes(graph, [f"{BLOCK}/conv2/Conv"]) == [f"{BLOCK}/conv2/Conv", f"{BLOCK}/relu/Relu",
                                                                f"{BLOCK}/conv1/Conv"]
