@@ -4,7 +4,8 @@ With ``--fallback auto`` the data stage draws ``HELD_OUT`` more images from the 
 an evaluation image, never a calibration one), and each INT8 artifact is checked on them (agreement with
 FP32 and top-1 drop, the gate's two rules). A target that misses is compiled again with the layers that
 ``calibration/sensitivity.py`` ranks first kept in float, each target through its own mechanism
-(``CompileInput.float_layers``), until it meets the gate or ``--max-float-layers`` is reached.
+(``CompileInput.float_layers``), until it meets the gate or ``--max-float-layers`` is reached (the residual
+shortcuts, one entry of the ranking, count as one).
 Evaluation images never steer any of this: they give the verdict afterwards.
 """
 
@@ -121,17 +122,21 @@ class Fallback:
             self._say(f"fallback: {why}; the all-INT8 {target.name} row stays as it is.", warn=True)
             return self._annotate(artifacts, [], checks, [checks], None)
         ranked = self.ranking()[: self.max_float_layers]
+
+        def kept(k: int) -> tuple[str, ...]:  # the node names of the k first entries (a group counts once)
+            return tuple(name for entry in ranked[:k] for name in entry)
+
         history = [checks]
         latest: dict[str, Any] = {"k": 0, "artifacts": artifacts}
         with tempfile.TemporaryDirectory(prefix="resnet-deploy-all-int8-") as keep:
             all_int8 = self._copy_measured(artifacts, bundle, Path(keep))
 
             def passes(k: int) -> bool:
-                latest["artifacts"] = list(target.compile(replace(inp, float_layers=tuple(ranked[:k])), bundle))
+                latest["artifacts"] = list(target.compile(replace(inp, float_layers=kept(k)), bundle))
                 latest["k"] = k
                 history.append(self.check(target, latest["artifacts"], bundle, k))
                 c = min(history[-1].values(), key=lambda c: c.agreement) if history[-1] else None
-                self._say(f"fallback: {target.name} with {k} layer(s) in float: "
+                self._say(f"fallback: {target.name} with {len(kept(k))} layer(s) in float: "
                           + (f"agreement {c.agreement:.4f}, drop {c.drop:+.2f} points" if c else "nothing to check")
                           + (" (meets the gate)" if all(x.passed for x in history[-1].values()) else ""))
                 return all(x.passed for x in history[-1].values())
@@ -142,19 +147,21 @@ class Fallback:
                 passes(k)
             final = latest["artifacts"]
             if found is None:
-                self._say(f"fallback: {target.name} misses the gate on the held-out images even with {k} layer(s) in "
-                          "float (--max-float-layers); its row keeps them and the evaluation gives the verdict.",
+                self._say(f"fallback: {target.name} misses the gate on the held-out images even with {len(kept(k))} "
+                          "layer(s) in float (--max-float-layers); its row keeps them and the evaluation gives the "
+                          "verdict.",
                           warn=True)
             latency = self._latency_cost(target, final, bundle, all_int8, Path(keep))
-        return self._annotate(final, ranked[:k], history[-1], history, latency)
+        return self._annotate(final, kept(k), history[-1], history, latency)
 
-    def ranking(self) -> list[str]:
-        """Layer names, most sensitive first: the sensitivity analysis, run once for every target."""
+    def ranking(self) -> list[tuple[str, ...]]:
+        """Entries (a layer's node name, or a group's), most sensitive first: the sensitivity analysis, run once
+        for every target."""
         if self.sensitivity is None:
             self._say(f"sensitivity: each quantized layer left in float in turn (reference Q/DQ graph, "
                       f"{min(len(self.calibration), 128)} calibration images)")
             self.sensitivity = analyse(self.fp32_onnx, self.calibration, session=onnx_session)
-            top = ", ".join(f"{s.layer} (+{s.gain_db:.1f} dB)" for s in self.sensitivity.layers[:3])
+            top = ", ".join(f"{s.label} (+{s.gain_db:.1f} dB)" for s in self.sensitivity.layers[:3])
             self._say(f"sensitivity: all-INT8 SQNR {self.sensitivity.int8_sqnr_db:.1f} dB; most sensitive: {top} "
                       f"({self.sensitivity.seconds:.1f} s)")
         return self.sensitivity.ranked()

@@ -75,9 +75,9 @@ def markdown(report: Report) -> list[str]:
     if sens is not None:
         lines += ["", f"Per-layer sensitivity ({sens.reference}; amax rule {sens.method}; {sens.images} calibration "
                   f"images): all-INT8 agreement {sens.int8_agreement * 100:.2f}%, SQNR {sens.int8_sqnr_db:.1f} dB. "
-                  "Each layer left in float alone, most sensitive first:", "",
+                  "Each layer left in float alone (the residual shortcuts together), most sensitive first:", "",
                   "| layer | op | SQNR gain dB | SQNR dB | agreement |", "|---|---|---|---|---|"]
-        lines += [f"| `{s.layer}` | {s.op} | {s.gain_db:+.2f} | {s.sqnr_db:.1f} | {s.agreement * 100:.2f}% |"
+        lines += [f"| `{s.label}` | {s.op} | {s.gain_db:+.2f} | {s.sqnr_db:.1f} | {s.agreement * 100:.2f}% |"
                   for s in sens.layers[:MAX_TABLE]]
         if len(sens.layers) > MAX_TABLE:
             lines.append(f"\n({len(sens.layers) - MAX_TABLE} more layers in report.json.)")
@@ -101,7 +101,7 @@ def html(report: Report) -> str:
                                       caption="SQNR gain (dB) with the layer in float, worst first"))
         head = ("<tr><th class=l>layer</th><th class=l>op</th><th>SQNR gain dB</th><th>SQNR dB</th>"
                 "<th>agreement</th></tr>")
-        body = "".join(f"<tr><td class=l><code>{escape(s.layer)}</code></td><td class=l>{escape(s.op)}</td>"
+        body = "".join(f"<tr><td class=l><code>{escape(s.label)}</code></td><td class=l>{escape(s.op)}</td>"
                        f"<td>{s.gain_db:+.2f}</td><td>{s.sqnr_db:.1f}</td><td>{s.agreement * 100:.2f}%</td></tr>"
                        for s in sens.layers[:MAX_TABLE])
         parts.append(f'<div class="scroll"><table>{head}{body}</table></div>')
@@ -111,5 +111,5 @@ def html(report: Report) -> str:
 def sensitivity_chart(sens: Sensitivity) -> str | None:
     """A horizontal bar per layer (SQNR gain when kept in float), the most sensitive on top."""
     return svg_chart.horizontal_bars(
-        [svg_chart.Bar(s.layer, s.gain_db, "#DD8452" if s.gain_db > 0 else "#BBBBBB") for s in sens.layers[:MAX_BARS]],
+        [svg_chart.Bar(s.label, s.gain_db, "#DD8452" if s.gain_db > 0 else "#BBBBBB") for s in sens.layers[:MAX_BARS]],
         xlabel="SQNR gain (dB) when this layer alone stays in float", row=16, label_size=9)

@@ -119,7 +119,7 @@ def test_a_sensitive_layer_is_kept_in_float_until_the_held_out_images_agree(mode
     assert fb.active and len(fb.calibration) == CALIBRATION and len(fb.held_out) == held
     artifacts = _compile(fb, QdqStub(), model, tmp_path)
     assert QdqStub.compiles == [(), (tiny.SENSITIVE,)]  # the first try fixes it: one recompile
-    assert fb.sensitivity is not None and fb.sensitivity.ranked()[0] == tiny.SENSITIVE
+    assert fb.sensitivity is not None and fb.sensitivity.ranked()[0] == (tiny.SENSITIVE,)
     record = next(a for a in artifacts if a.precision == "int8").details["fallback"]
     assert record["float_layers"] == [tiny.SENSITIVE] and record["held_out_images"] == held
     first, last = record["attempts"]
@@ -204,3 +204,16 @@ def test_the_data_stage_holds_out_images_that_calibration_never_sees(fashion_mni
     assert data.held_out is not None and len(data.held_out) == HELD_OUT and len(data.calib) == 50
     assert not set(data.held_out.idents) & set(data.calib.idents)
     assert not set(data.held_out.idents) & set(data.evals.idents)  # another split here, and never the same image
+
+
+def test_a_group_entry_keeps_all_its_layers_in_float_in_one_step(model, tmp_path):
+    """An entry of the ranking may be a group (the residual shortcuts): one step of --max-float-layers, all of
+    its layers at once, and the record lists them."""
+    fb = _fallback(model, Said(), max_float_layers=1)
+    members = (next(n for n in tiny.LAYERS if n != tiny.SENSITIVE), tiny.SENSITIVE)
+    fb.sensitivity = Sensitivity("reference", "max", 16, 0.5, 10.0,
+                                 (LayerSensitivity("a group", "Conv", 1.0, 30.0, 20.0, members),), 0.0)
+    artifacts = _compile(fb, QdqStub(), model, tmp_path)
+    assert QdqStub.compiles == [(), members]
+    record = next(a for a in artifacts if a.precision == "int8").details["fallback"]
+    assert record["float_layers"] == list(members)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,17 @@ import outlier_onnx as tiny
 import pytest
 
 from resnet_deploy.calibration import qdq
-from resnet_deploy.calibration.sensitivity import MAX_IMAGES, MAX_SQNR_DB, Sensitivity, analyse, sqnr_db
+from resnet_deploy.calibration.preprocess import Preprocessing
+from resnet_deploy.calibration.sampling import choose, decode
+from resnet_deploy.calibration.sensitivity import (
+    MAX_IMAGES,
+    MAX_SQNR_DB,
+    SHORTCUTS,
+    Sensitivity,
+    analyse,
+    sqnr_db,
+)
+from resnet_deploy.calibration.sources import open_source
 from resnet_deploy.errors import ConfigError
 from resnet_deploy.pipeline.records import to_json
 from resnet_deploy.targets import onnx_session
@@ -30,18 +41,32 @@ def _producers(path: Path) -> tuple[dict, dict]:
 def test_the_outlier_layer_ranks_first_by_a_wide_margin(model):
     fp32, x = model
     s = analyse(fp32, x, session=onnx_session)
-    assert sorted(s.ranked()) == sorted(tiny.LAYERS)  # the classifier (K=8) is not quantized: not a layer here
+    assert sorted(s.ranked()) == sorted((n,) for n in tiny.LAYERS)  # the classifier (K=8) is not quantized
     first, *rest = s.layers
     assert first.layer == tiny.SENSITIVE
     assert first.gain_db > 10 and all(first.gain_db > r.gain_db + 10 for r in rest)
     assert first.agreement > s.int8_agreement  # keeping it in float also brings predictions back
-    assert s.images == min(len(x), MAX_IMAGES) and s.method in ("max", "percentile", "entropy")
+    assert s.images == min(len(x), MAX_IMAGES) and s.method in ("max", "percentile", "entropy", "mse")
 
 
 def test_the_analysis_round_trips_through_report_json(model):
     fp32, x = model
     s = analyse(fp32, x[:32], session=onnx_session, method="max")
     assert Sensitivity.from_json(to_json(s)) == s
+
+
+def test_the_residual_shortcuts_are_one_entry_kept_in_float_together(shared_bundle):
+    """The embedded ResNet-20 (the shared bundle's ONNX): its 9 residual Adds are one entry, no Add stands alone."""
+    fp32 = shared_bundle / "model_fp32.onnx"
+    prep = Preprocessing.from_dict(json.loads((shared_bundle / "preprocessing.json").read_text()))
+    source = open_source("fashion-mnist", "train", flag="--calib-data")
+    x = decode(source, choose(len(source), 16, seed=0), prep, flag="--calib-data").inputs(prep)
+    s = analyse(fp32, x, session=onnx_session, method="max")
+    group = [e for e in s.layers if e.members]
+    assert [(e.layer, e.op, len(e.members)) for e in group] == [(SHORTCUTS, "Add", 9)]
+    assert all(e.op == "Conv" for e in s.layers if not e.members) and len(s.layers) == 19 + 1
+    assert group[0].names in s.ranked() and all(name.endswith("/Add") for name in group[0].names)
+    assert Sensitivity.from_json(to_json(s)) == s  # the group's members survive report.json
 
 
 def test_sqnr():
