@@ -92,7 +92,7 @@ def test_a_residual_add_kept_in_float_reads_its_shortcut_unquantized(resnet20, t
     """TensorRT's Q/DQ graph and OpenVINO: no quantizer on the Add's inputs, while the block's first conv still
     reads the block input quantized; ONNX Runtime (which hands an excluded node the tensor others read
     quantized): the Add's sum is not quantized again."""
-    sim = _compile("jetson", resnet20, tmp_path / "trt", [ADD])[0]
+    sim = _compile("jetson", resnet20, tmp_path / "trt", [ADD], calib_method="max")[0]
     graph = onnx.load(str(tmp_path / "trt" / sim.path)).graph
     producer = {o: n.op_type for n in graph.node for o in n.output}
     add = next(n for n in graph.node if n.name == ADD)
@@ -101,13 +101,13 @@ def test_a_residual_add_kept_in_float_reads_its_shortcut_unquantized(resnet20, t
 
     import openvino as ov
 
-    mixed = _compile("openvino", resnet20, tmp_path / "ov", [ADD])[1]
+    mixed = _compile("openvino", resnet20, tmp_path / "ov", [ADD], calib_method="max")[1]
     assert mixed.details["quantization"]["ignored_scope"] == [ADD]
     op = next(o for o in ov.Core().read_model(str(tmp_path / "ov" / mixed.path)).get_ordered_ops()
               if o.get_friendly_name() == ADD)
     assert "FakeQuantize" not in [i.get_source_output().get_node().get_type_name() for i in op.inputs()]
 
-    kept = _compile("onnxruntime", resnet20, tmp_path / "ort", [ADD])[1]
+    kept = _compile("onnxruntime", resnet20, tmp_path / "ort", [ADD], calib_method="max")[1]
     assert kept.details["quantization"]["nodes_to_exclude"] == [ADD]
     graph = onnx.load(str(tmp_path / "ort" / kept.path)).graph
     add = next(n for n in graph.node if n.name == ADD)
