@@ -53,6 +53,13 @@ def fashion_mnist() -> Path:
 # mixed-precision fallback (tests/test_fallback.py and the slow hard-model checks cover it), and one range rule
 # per target where the default `auto` quantizes with each (tests/targets/test_calib_method.py and
 # test_tensorrt_qdq.py cover it).
+# `python -c NO_TORCH ARGS`: the CLI with ARGS, then whether anything imported torch (on stderr). A build from
+# --onnx must not (the README says so, and the fault and plug-in tests' speed rests on it).
+NO_TORCH = ("import runpy, sys\n"
+            "sys.argv[0] = 'resnet-deploy'\n"
+            "try:\n    runpy.run_module('resnet_deploy', run_name='__main__')\n"
+            "finally:\n    print('torch imported:', 'torch' in sys.modules, file=sys.stderr)\n")
+
 SHARED_BUILD = ("--target", "openvino", "--target", "onnxruntime", "--target", "jetson", "--device", "xavier-nx",
                 "--eval-samples", "500", "--calib-samples", "100", "--latency-seconds", "0.05", "--fallback", "off",
                 "--calib-method", "openvino=mean_max,onnxruntime=max,jetson=max")

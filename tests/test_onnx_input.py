@@ -17,7 +17,7 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import randomize_bn
+from conftest import NO_TORCH, randomize_bn
 from torch import nn
 
 from resnet_deploy.calibration.preprocess import Preprocessing
@@ -33,12 +33,6 @@ from resnet_deploy.pipeline.onnx_batchnorm import fold_batchnorm_graph
 from resnet_deploy.pipeline.onnx_input import fold_onnx, load_onnx
 from resnet_deploy.pipeline.settings import EMBEDDED_MODEL
 from resnet_deploy.targets import onnx_session
-
-# `python -c NO_TORCH ARGS`: the CLI with ARGS, then whether anything imported torch (on stderr).
-NO_TORCH = ("import runpy, sys\n"
-            "sys.argv[0] = 'resnet-deploy'\n"
-            "try:\n    runpy.run_module('resnet_deploy', run_name='__main__')\n"
-            "finally:\n    print('torch imported:', 'torch' in sys.modules, file=sys.stderr)\n")
 
 
 def export(model: nn.Module, path: Path, shape: tuple[int, ...], *, free_size: bool = False) -> Path:
@@ -180,17 +174,6 @@ def test_flag_conflicts_and_missing_normalisation_are_named(embedded_onnx, tmp_p
                       "--out", out)
     assert wrong_size.exit_code == 2 and "fixed at 28x28" in wrong_size.output, wrong_size.output
     assert "Traceback" not in both.output + no_norm.output + wrong_size.output
-
-
-def test_a_build_from_onnx_never_imports_torch(shared_bundle, tmp_path):
-    """The claim the README makes (and the fault tests' speed rests on): the whole chain, in its own process."""
-    done = subprocess.run([sys.executable, "-c", NO_TORCH, "build", "--onnx", str(shared_bundle / "model_fp32.onnx"),
-                           "--target", "onnxruntime", "--eval-samples", "100", "--calib-samples", "16",
-                           "--calib-method", "max", "--max-drop", "100", "--min-agreement", "0", "--fallback", "off",
-                           "--latency-seconds", "0", "--out", str(tmp_path / "b"), "-q"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode in (0, 5), done.stdout + done.stderr  # 5: 100 images cannot verify a verdict
-    assert "torch imported: False" in done.stderr, done.stderr
 
 
 @pytest.mark.slow  # a full real build from an ONNX file: make test-slow

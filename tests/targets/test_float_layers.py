@@ -20,10 +20,6 @@ from resnet_deploy.calibration.sampling import choose, decode
 from resnet_deploy.calibration.sources import open_source
 from resnet_deploy.errors import VerificationError
 from resnet_deploy.pipeline import bundle as bundle_io
-from resnet_deploy.pipeline.checkpoint import load_model
-from resnet_deploy.pipeline.export import export_onnx
-from resnet_deploy.pipeline.fold import fold_batchnorm
-from resnet_deploy.pipeline.settings import EMBEDDED_MODEL
 from resnet_deploy.targets import CompileInput, get_target
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -32,14 +28,9 @@ ADD = f"{BLOCK}/Add"  # its residual join
 
 
 @pytest.fixture(scope="module")
-def resnet20_onnx(tmp_path_factory) -> Path:
-    """The embedded model BN-folded and exported as the build does (the names every target must map)."""
-    loaded = load_model(EMBEDDED_MODEL)
-    folded, _ = fold_batchnorm(loaded.model)
-    path = tmp_path_factory.mktemp("r20") / bundle_io.MODEL_ONNX
-    sample = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
-    export_onnx(folded, path, sample=sample, metadata={})
-    return path
+def resnet20_onnx(shared_bundle) -> Path:
+    """The embedded model BN-folded and exported by the build (the names every target must map)."""
+    return shared_bundle / bundle_io.MODEL_ONNX
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +42,7 @@ def model(fashion_mnist, tmp_path_factory) -> tuple[Path, np.ndarray]:
 @pytest.fixture(scope="module")
 def resnet20(resnet20_onnx, fashion_mnist) -> tuple[Path, np.ndarray, Preprocessing]:
     """The embedded model's ONNX with 32 real calibration images: a network with residual Adds."""
-    prep = Preprocessing.from_dict(load_model(EMBEDDED_MODEL).meta["preprocessing"])
+    prep = Preprocessing.from_dict(json.loads((resnet20_onnx.parent / bundle_io.PREPROCESSING).read_text()))
     source = open_source("fashion-mnist", "train", flag="--calib-data")
     return resnet20_onnx, decode(source, choose(len(source), 32, seed=0), prep, flag="--calib-data").inputs(prep), prep
 
