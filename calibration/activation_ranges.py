@@ -28,8 +28,8 @@ METHODS = ("max", "percentile", "entropy", "mse")
 # - the embedded Fashion-MNIST ResNet-20 (93.9%; 300 calibration, 3,000 test images): entropy 94.5%
 #   (-2.8 points top-1), percentile 99.5%, max 99.4% (-0.1 points).
 # - a CIFAR-10 ResNeXt-50 at 32 px (58 % top-1; 512 calibration, 1,000 test images, the Q/DQ graph): mse
-#   97.2 %, percentile 96.8 %, max 96.1 %, entropy 95.6 % (benchmarks/results/int8_agreement_cifar.md).
-# So the default ("auto", in qdq.py) computes all three from one pass of statistics and keeps the one
+#   97.3 %, percentile 96.8 %, max 96.1 %, entropy 95.6 % (benchmarks/results/int8_agreement_cifar.md).
+# So the default ("auto", in qdq.py) computes every rule from one pass of statistics and keeps the one
 # whose Q/DQ model agrees best with FP32 on the calibration images (never the evaluation images).
 HIST_BINS = 2048
 QUANT_BINS = 128  # positive INT8 levels the entropy rule folds the histogram into

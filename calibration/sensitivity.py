@@ -7,7 +7,7 @@ the recovery it measures is the recovery the fallback gets, interactions with th
 layers included. Figures: top-1 agreement with FP32 and the output SQNR (dB) of each variant.
 
 The residual Adds' shortcuts are one entry, kept in float together: each shortcut's quantization error rides
-the residual stream through every later block, so one alone recovers little (+0.02 to +0.08 dB each on a CIFAR
+the residual stream through every later block, so one alone recovers little (at most +0.08 dB on a CIFAR
 ResNeXt-50) and all of them much (+1.3 dB, agreement 97.3 -> 98.2 %; benchmarks/results/int8_agreement_cifar.md).
 """
 
