@@ -6,7 +6,9 @@ the ``--rule`` ranges, the plan cut down: weights only, activations only, no Q/D
 shortcuts, and each stage's activations left in float. Prints top-1 agreement with FP32 and the SQNR of the
 logits (each image's mean logit removed: a shift of all logits changes no label). ``--openvino`` adds the
 OpenVINO target's own NNCF quantization (``targets.openvino.nncf_quantize``) with each named range estimator,
-all INT8 and with the residual shortcuts in float (the fallback's entry).
+all INT8 and with the residual shortcuts in float (the fallback's entry). ``--tensors K`` lists the K activation
+tensors that lose the most to rounding under the ``--rule`` ranges: the share of their non-zero values that
+round to zero, and how spiky their channels are (the median channel's largest value over the tensor's).
 
     python benchmarks/int8_range_rules.py runs/bundle-resnext50_32x4d --data ../shared/datasets/cifar10 -n 1000 \
         --openvino max,histogram
@@ -22,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from resnet_deploy.calibration.activation_ranges import METHODS
+from resnet_deploy.calibration.activation_ranges import METHODS, with_outputs
 from resnet_deploy.calibration.preprocess import Preprocessing
-from resnet_deploy.calibration.qdq import QdqPlan, cached_ranges, insert_qdq, plan_qdq
+from resnet_deploy.calibration.qdq import QdqPlan, cached_ranges, insert_qdq, keep_float, plan_qdq, quantizable_layers
 from resnet_deploy.calibration.sampling import choose, decode
 from resnet_deploy.calibration.sources import open_source
 from resnet_deploy.targets import onnx_session
@@ -67,6 +69,25 @@ def openvino_row(fp32: Path, calib: np.ndarray, test: np.ndarray, reference: np.
     return compare(reference, out)
 
 
+def rounding_loss(model, plan: QdqPlan, table: dict[str, float], x: np.ndarray) -> list[dict]:
+    """Per quantized activation tensor, on ``x``: the share of non-zero values below half a step (they become
+    0), and the median channel's largest magnitude over the tensor's largest (1: even channels; near 0: a few
+    channels carry the range)."""
+    names = list(plan.activations)
+    session = onnx_session(with_outputs(model, names))
+    values = session.run(names, {session.get_inputs()[0].name: x})
+    rows = []
+    for name, v in zip(names, values):
+        a = np.abs(v)
+        nonzero = a[a > 0]
+        step = table[name] / 127
+        channels = a.max(axis=tuple(i for i in range(a.ndim) if i != 1)) if a.ndim > 1 else a
+        rows.append({"tensor": name, "amax": round(float(table[name]), 3),
+                     "nonzero_to_zero": round(float((nonzero < step / 2).mean()) if nonzero.size else 0.0, 4),
+                     "median_channel_range": round(float(np.median(channels) / max(channels.max(), 1e-12)), 4)})
+    return sorted(rows, key=lambda r: -r["nonzero_to_zero"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", type=Path)
@@ -76,6 +97,7 @@ def main() -> None:
     parser.add_argument("--rule", default="mse", choices=METHODS, help="the ranges of the cut-down plans")
     parser.add_argument("--openvino", default="", help="NNCF range estimators to run too, e.g. max,histogram "
                                                            "(the --calib-method names of --target openvino)")
+    parser.add_argument("--tensors", type=int, default=0, help="also list the K tensors that lose most to rounding")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
 
@@ -89,6 +111,7 @@ def main() -> None:
     model = onnx.load(str(fp32))
     graph = model.graph
     plan = plan_qdq(graph)
+    ops = {n.name: n.op_type for n in graph.node}
     ranges = cached_ranges(fp32, model, calib, session=onnx_session, methods=METHODS)
 
     def variant(table: dict[str, float], activations: dict | None = None, weights: bool = True) -> dict[str, float]:
@@ -101,21 +124,17 @@ def main() -> None:
     def activations_without(drop) -> dict:
         return {t: uses for t, uses in plan.activations.items() if not drop(t, uses)}
 
-    def shortcut(_t: str, uses: list[tuple[int, int]]) -> bool:
-        return any(graph.node[i].op_type == "Add" for i, _ in uses)
-
     rows: dict[str, dict[str, float]] = {f"all, {rule}": variant(ranges[rule]) for rule in METHODS}
     table = ranges[args.rule]
     rows[f"weights only ({len(plan.weights)} tensors)"] = variant(table, activations={})
     rows[f"activations only ({len(plan.activations)} tensors), {args.rule}"] = variant(table, weights=False)
-    rows[f"shortcuts in float, {args.rule}"] = variant(table, activations_without(shortcut))
+    shortcuts = [name for name in quantizable_layers(graph) if ops[name] == "Add"]
+    rows[f"shortcuts in float, {args.rule}"] = variant(table, keep_float(plan, graph, shortcuts).activations)
     for stage in sorted({t.split("/")[1] for t in plan.activations if t.startswith("/layer")}):
         inside = activations_without(lambda t, _u, s=stage: t.startswith(f"/{s}/"))
         name = f"{stage} activations in float ({len(plan.activations) - len(inside)}), {args.rule}"
         rows[name] = variant(table, inside)
 
-    shortcuts = [graph.node[i].name for uses in plan.activations.values() for i, _ in uses
-                 if graph.node[i].op_type == "Add"]
     for method in filter(None, args.openvino.split(",")):
         for name, kept in ((f"openvino all, {method}", []), (f"openvino shortcuts in float, {method}", shortcuts)):
             rows[name] = openvino_row(fp32, calib[:300], test, reference, method, kept)
@@ -124,9 +143,15 @@ def main() -> None:
     print(f"{args.bundle}: {len(test)} test images, {len(calib)} calibration images")
     for name, figures in rows.items():
         print(f"{name:{width}s}  agreement {figures['agreement'] * 100:6.2f} %  SQNR {figures['sqnr_db']:6.2f} dB")
+    losses = rounding_loss(model, plan, table, test[:64])[: args.tensors] if args.tensors else []
+    if losses:
+        print(f"tensors losing most to rounding ({args.rule} ranges, 64 test images):")
+    for r in losses:
+        print(f"  {r['tensor']:{width}s}  non-zero values rounded to 0 {r['nonzero_to_zero'] * 100:5.1f} %  "
+              f"median channel range {r['median_channel_range']:.3f} of the tensor's")
     if args.json:
         args.json.write_text(json.dumps({"bundle": str(args.bundle), "images": len(test), "calibration": len(calib),
-                                         "rows": rows}, indent=1))
+                                         "rows": rows, "rounding": losses}, indent=1))
 
 
 if __name__ == "__main__":

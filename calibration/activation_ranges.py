@@ -49,7 +49,7 @@ def float_tensors(model) -> list[str]:
     return [n for n in dict.fromkeys(names) if types.get(n) == onnx.TensorProto.FLOAT]
 
 
-def _with_outputs(model, outputs: list[str]) -> bytes:
+def with_outputs(model, outputs: list[str]) -> bytes:
     """``model`` serialised with ``outputs`` added as graph outputs, so one run returns them all."""
     import onnx
 
@@ -86,7 +86,7 @@ def activation_amax_by_method(onnx_path: Path, calibration: np.ndarray, *, sessi
         raise ConfigError("Calibration needs at least one image.")
     model = onnx.load(str(onnx_path))
     names = float_tensors(model) if tensors is None else list(dict.fromkeys(tensors))
-    runner = session(_with_outputs(model, names))
+    runner = session(with_outputs(model, names))
     input_name = runner.get_inputs()[0].name
 
     top = dict.fromkeys(names, 0.0)

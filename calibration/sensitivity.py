@@ -134,10 +134,11 @@ def analyse(fp32_onnx: Path, calibration: np.ndarray, *, session: SessionFactory
     ops = {n.name: n.op_type for n in model.graph.node}
     candidates = quantizable_layers(model.graph)
     shortcuts = tuple(name for name in candidates if ops[name] == "Add")
-    groups = {SHORTCUTS: shortcuts} if len(shortcuts) > 1 else {}
+    entries: list[tuple[str, tuple[str, ...]]] = [(name, ()) for name in candidates]
+    if len(shortcuts) > 1:  # one entry for all of them: each alone recovers little (module docstring)
+        entries = [(name, ()) for name in candidates if name not in shortcuts] + [(SHORTCUTS, shortcuts)]
     layers = []
-    for name in [n for n in candidates if n not in shortcuts or not groups] + list(groups):
-        members = groups.get(name, ())
+    for name, members in entries:
         agreement, sqnr = variant(ranges[chosen], list(members or (name,)))
         layers.append(LayerSensitivity(name, "Add" if members else ops[name], agreement, sqnr,
                                        round(sqnr - base_sqnr, 3), members))

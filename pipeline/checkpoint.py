@@ -271,8 +271,10 @@ def load_model(
     num_classes: int | None = None,
     in_channels: int | None = None,
     flag: str = "--checkpoint",
+    fit_flags: tuple[str, ...] = ("arch", "num_classes"),
 ) -> LoadedModel:
-    """Build the architecture a checkpoint fits (or the one asked for) and load it strictly; errors name ``flag``."""
+    """Build the architecture a checkpoint fits (or the one asked for) and load it strictly; errors name ``flag``
+    and, on a mismatch, the checkpoint's values of the caller's ``fit_flags`` (train has no --num-classes)."""
     sd, meta = read_checkpoint(path, flag=flag)
     check_finite(sd, str(path), flag=flag)
     guess: dict[str, Any] = {**guess_layout(sd), **{k: meta[k] for k in ("arch", "shortcut") if k in meta}}
@@ -290,11 +292,12 @@ def load_model(
         raise
     problems = _describe_mismatch(model, sd)
     if problems:
-        fit = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in guess.items() if k in ("arch", "num_classes"))
+        fit = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in guess.items() if k in fit_flags)
         hint = f" The checkpoint looks like {fit}." if fit else ""
+        flags = "/".join(f"--{k.replace('_', '-')}" for k in fit_flags)
         raise CheckpointError(
             f"{flag}: {path} does not fit {arch} with {nc} classes and {ch} input channel(s): {problems}."
-            f"{hint} Pass the matching --arch/--num-classes, or check the file."
+            f"{hint} Pass the matching {flags}, or check the file."
         )
     model.load_state_dict(sd, strict=True)
     model.eval()

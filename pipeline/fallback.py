@@ -134,7 +134,7 @@ class Fallback:
             def passes(k: int) -> bool:
                 latest["artifacts"] = list(target.compile(replace(inp, float_layers=kept(k)), bundle))
                 latest["k"] = k
-                history.append(self.check(target, latest["artifacts"], bundle, k))
+                history.append(self.check(target, latest["artifacts"], bundle, len(kept(k))))
                 c = min(history[-1].values(), key=lambda c: c.agreement) if history[-1] else None
                 self._say(f"fallback: {target.name} with {len(kept(k))} layer(s) in float: "
                           + (f"agreement {c.agreement:.4f}, drop {c.drop:+.2f} points" if c else "nothing to check")
@@ -168,8 +168,9 @@ class Fallback:
 
     # --- measurements --------------------------------------------------------------------------------
 
-    def check(self, target: Target, artifacts: Sequence[Artifact], bundle: Path, k: int) -> dict[str, Check]:
-        """Each INT8 artifact whose runtime is present, on the held-out images: ``_row(artifact)`` -> Check."""
+    def check(self, target: Target, artifacts: Sequence[Artifact], bundle: Path, layers: int) -> dict[str, Check]:
+        """Each INT8 artifact whose runtime is present (``layers`` of its layers kept in float), on the held-out
+        images: ``_row(artifact)`` -> Check."""
         if self._fp32 is None:
             session = onnx_session(self.fp32_onnx, threads=self.threads)
             name = session.get_inputs()[0].name
@@ -182,7 +183,7 @@ class Fallback:
             preds = predictions(target.load(a, bundle, threads=self.threads).run, self.held_out)
             agreement = float((preds == self._fp32).mean())
             drop = float((self._fp32 == self.labels).mean() - (preds == self.labels).mean()) * 100
-            out[_row(a)] = Check(k, agreement, drop, self.meets(agreement, drop))
+            out[_row(a)] = Check(layers, agreement, drop, self.meets(agreement, drop))
         return out
 
     def meets(self, agreement: float, drop: float) -> bool:

@@ -108,7 +108,7 @@ def start_from(path: str, arch: str, *, num_classes: int, in_channels: int) -> n
     """The weights of checkpoint ``path`` (read as `build --checkpoint` reads it: safely, by name) as a model of
     ``arch`` to fine-tune. A classifier for another number of classes is replaced by a fresh one, as in
     transfer learning; everything else must fit."""
-    loaded = ckpt.load_model(path, arch=arch, in_channels=in_channels, flag="--init-from")
+    loaded = ckpt.load_model(path, arch=arch, in_channels=in_channels, flag="--init-from", fit_flags=("arch",))
     model = loaded.model
     if loaded.num_classes != num_classes:
         fc = model.fc

@@ -217,3 +217,4 @@ def test_a_group_entry_keeps_all_its_layers_in_float_in_one_step(model, tmp_path
     assert QdqStub.compiles == [(), members]
     record = next(a for a in artifacts if a.precision == "int8").details["fallback"]
     assert record["float_layers"] == list(members)
+    assert [a["float_layers"] for a in record["attempts"]] == [0, 2]  # layers, not steps

@@ -166,6 +166,7 @@ class TestInitFrom:
             start_from(str(one_epoch[1].weights), "resnet32", num_classes=10, in_channels=1)
         msg = str(err.value)
         assert msg.startswith("--init-from:") and "resnet32" in msg and "--checkpoint" not in msg
+        assert "looks like --arch resnet20" in msg and "--num-classes" not in msg  # train has no such flag
 
     def test_a_missing_file_is_refused_before_training(self, tmp_path):
         with pytest.raises(CheckpointError, match=r"^--init-from: .*nothing\.pt does not exist"):
