@@ -3,7 +3,8 @@
 Builds Q/DQ variants of a bundle's FP32 ONNX (calibration/qdq.py's plan, the one the TensorRT and Jetson rows
 use) and runs them under ONNX Runtime on labelled test images: every range rule with the whole plan, then, with
 the ``--rule`` ranges, the plan cut down: weights only, activations only, no Q/DQ on the residual Adds'
-shortcuts, and each stage's activations left in float. Prints top-1 agreement with FP32 and the SQNR of the
+shortcuts (only the Adds' own pairs, as the fallback keeps them; then the tensors they read, at every use), and each
+stage's activations left in float. Prints top-1 agreement with FP32 and the SQNR of the
 logits (each image's mean logit removed: a shift of all logits changes no label). ``--openvino`` adds the
 OpenVINO target's own NNCF quantization (``targets.openvino.nncf_quantize``) with each named range estimator,
 all INT8 and with the residual shortcuts in float (the fallback's entry). ``--tensors K`` lists the K activation
@@ -129,7 +130,11 @@ def main() -> None:
     rows[f"weights only ({len(plan.weights)} tensors)"] = variant(table, activations={})
     rows[f"activations only ({len(plan.activations)} tensors), {args.rule}"] = variant(table, weights=False)
     shortcuts = [name for name in quantizable_layers(graph) if ops[name] == "Add"]
-    rows[f"shortcuts in float, {args.rule}"] = variant(table, keep_float(plan, graph, shortcuts).activations)
+    floated = keep_float(plan, graph, shortcuts).activations  # the Adds' own Q/DQ only: the fallback's entry
+    rows[f"shortcuts in float, {args.rule}"] = variant(table, floated)
+    read = {t for t, uses in plan.activations.items() if len(floated.get(t, ())) < len(uses)}
+    rows[f"shortcut tensors in float at every use, {args.rule}"] = variant(
+        table, {t: uses for t, uses in plan.activations.items() if t not in read})
     for stage in sorted({t.split("/")[1] for t in plan.activations if t.startswith("/layer")}):
         inside = activations_without(lambda t, _u, s=stage: t.startswith(f"/{s}/"))
         name = f"{stage} activations in float ({len(plan.activations) - len(inside)}), {args.rule}"
