@@ -133,8 +133,8 @@ def main() -> None:
     floated = keep_float(plan, graph, shortcuts).activations  # the Adds' own Q/DQ only: the fallback's entry
     rows[f"shortcuts in float, {args.rule}"] = variant(table, floated)
     read = {t for t, uses in plan.activations.items() if len(floated.get(t, ())) < len(uses)}
-    rows[f"shortcut tensors in float at every use, {args.rule}"] = variant(
-        table, {t: uses for t, uses in plan.activations.items() if t not in read})
+    rows[f"shortcut tensors in float at every use, {args.rule}"] = variant(table, activations_without(
+        lambda t, _u: t in read))
     for stage in sorted({t.split("/")[1] for t in plan.activations if t.startswith("/layer")}):
         inside = activations_without(lambda t, _u, s=stage: t.startswith(f"/{s}/"))
         name = f"{stage} activations in float ({len(plan.activations) - len(inside)}), {args.rule}"
