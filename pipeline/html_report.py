@@ -68,8 +68,8 @@ def render_html(report: Report) -> str:
                           _confusion(report.gate, classes)))
     parts.append(_section("accuracy", "Top-1: FP32 vs INT8", chart.figure(
         _accuracy_chart(results, ref),
-        caption="Dashed line: the PyTorch FP32 reference every INT8 row is gated against. Dashed outline: a "
-                "row simulated on this machine's CPU.")))
+        caption=f"Dashed line: the {report.reference.label} reference every INT8 row is gated against. Dashed "
+                "outline: a row simulated on this machine's CPU.")))
     timed = [r for r in results if r.latency_ms is not None]  # simulated rows are accuracy rows
     sampled = any(r.samples_ms for r in timed)
     batches = sorted({r.batch for r in timed})
@@ -110,7 +110,7 @@ def _header(report: Report, status: str) -> str:
     facts = [
         ("model", f"{model.arch}, {model.num_classes} classes, input "
                   f"{'x'.join(map(str, model.input_shape))}, from {model.source}"),
-        ("reference", f"PyTorch FP32 top-1 {_pct(report.reference.top1)}"),
+        ("reference", f"{report.reference.label} top-1 {_pct(report.reference.top1)}"),
         ("gate", f"{describe_gate(report.gate)}: {status.upper()}"),
         ("calibration", f"{data.calibration.count} images from {data.calibration.source}"),
         ("evaluation", f"{data.evaluation.count} images from {data.evaluation.source}"),
@@ -256,7 +256,7 @@ def _per_class(results: list[ResultRow], ref: Reference, classes: list[str]) -> 
     head = "<tr><th class=l>row</th>" + "".join(f"<th>{escape(c)}</th>" for c in names) + "</tr>"
     lines = []
     if ref.per_class_top1:
-        lines.append("<tr><td class=l>PyTorch fp32 (reference)</td>"
+        lines.append(f"<tr><td class=l>{escape(ref.label)} (reference)</td>"
                      + "".join(f"<td>{_pct(v)}</td>" for v in ref.per_class_top1) + "</tr>")
     fp32 = {r.target: r.per_class_top1 for r in rows if r.precision == "fp32"}
     for r in rows:
@@ -280,7 +280,7 @@ def _stages(stages: list[Stage]) -> str:
 
 
 def _checks(report: Report) -> str:
-    items = describe_checks(report.checks)
+    items = describe_checks(report.checks, report.reference)
     for name, cmd in report.commands.items():
         items.append(f"device command {name}: {cmd}")
     if not items:
@@ -303,7 +303,7 @@ def _accuracy_chart(results: list[ResultRow], ref: Reference) -> str | None:
         rows = [next((r for r in results if r.target == t and r.precision == prec), None) for t in targets]
         series.append(chart.Series(prec, _colour(prec), [r.top1 * 100 if r else None for r in rows],
                                    [bool(r and r.simulated) for r in rows]))
-    reference = ("PyTorch FP32", ref.top1 * 100) if _finite(ref.top1) else None
+    reference = (ref.label, ref.top1 * 100) if _finite(ref.top1) else None
     return chart.grouped_bars(targets, series, ylabel="top-1 (%)", ymax=105, reference=reference)
 
 
@@ -329,7 +329,7 @@ def _per_class_charts(rows: list[ResultRow], ref: Reference, names: list[str]) -
         if len(names) <= _MAX_CLASS_BARS:
             series = [chart.Series(r.precision + (" (sim)" if r.simulated else ""), _colour(r.precision),
                                    [v * 100 if _finite(v) else None for v in r.per_class_top1]) for r in mine]
-            marks = (("PyTorch FP32", [v * 100 if _finite(v) else None for v in ref.per_class_top1])
+            marks = ((ref.label, [v * 100 if _finite(v) else None for v in ref.per_class_top1])
                      if ref.per_class_top1 else None)
             out.append(chart.grouped_bars(names, series, ylabel="top-1 (%)", ymax=105, reference_marks=marks,
                                           annotate=False, title=t, height=260))

@@ -128,12 +128,18 @@ class ResultRow:
 
 @dataclass(frozen=True)
 class Reference:
-    """The PyTorch FP32 model on the evaluation images: what every row is compared with."""
+    """The FP32 model on the evaluation images, what every row is compared with: the PyTorch model, or (``--onnx``)
+    the input graph as given, run by ``framework``."""
 
     framework: str
     precision: str
     top1: float
     per_class_top1: tuple[float, ...]
+
+    @property
+    def label(self) -> str:
+        """How reports name it: "PyTorch FP32", or the ONNX input's graph and what ran it."""
+        return "PyTorch FP32" if self.framework == "pytorch" else f"input ONNX FP32 ({self.framework})"
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Reference:

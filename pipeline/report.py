@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 
 from resnet_deploy.pipeline import fallback_report
 from resnet_deploy.pipeline.predictions import Predictions
-from resnet_deploy.pipeline.records import Gate, GateRow, Host, Report, ResultRow
+from resnet_deploy.pipeline.records import Gate, GateRow, Host, Reference, Report, ResultRow
 from resnet_deploy.pipeline.verdict import RULES, evaluation_reasons, judge, overall
 
 
@@ -122,8 +122,10 @@ def describe_host(host: Host) -> list[tuple[str, str]]:
     return out
 
 
-def describe_checks(checks: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """One sentence per conversion self-check (BN fold, ONNX export), shared by report.md and report.html."""
+def describe_checks(checks: Mapping[str, Mapping[str, Any]], reference: Reference) -> list[str]:
+    """One sentence per conversion self-check (BN fold, ONNX export), shared by report.md and report.html; the
+    export is checked against the PyTorch model, or against the input graph of an ``--onnx`` build."""
+    against = "PyTorch" if reference.framework == "pytorch" else "the input graph"
     out = []
     if "fold" in checks:
         c = checks["fold"]
@@ -133,7 +135,7 @@ def describe_checks(checks: Mapping[str, Mapping[str, Any]]) -> list[str]:
     if "export" in checks:
         c = checks["export"]
         out.append(f"ONNX export (opset {c.get('opset')}): {c.get('checker', 'onnx.checker')} passed; max |diff| vs "
-                   f"PyTorch {_num(c.get('max_abs_diff'), '{:.2e}')} on {c.get('samples')} images "
+                   f"{against} {_num(c.get('max_abs_diff'), '{:.2e}')} on {c.get('samples')} images "
                    f"(atol {c.get('atol')}, rtol {c.get('rtol')}); top-1 identical: {c.get('top1_equal')}")
     return out
 
@@ -148,7 +150,7 @@ def render_markdown(report: Report) -> str:
         f"- model: {m.arch}, {m.num_classes} classes, input {'x'.join(map(str, m.input_shape))}, from `{m.source}`",
         f"- calibration: {data.calibration.count} images from `{data.calibration.source}`",
         f"- evaluation: {data.evaluation.count} images from `{data.evaluation.source}`",
-        f"- reference (PyTorch FP32) top-1: **{_pct(ref.top1)}**",
+        f"- reference ({ref.label}) top-1: **{_pct(ref.top1)}**",
         f"- gate: {describe_gate(g)}: **{status}**",
         *(f"- {label}: {text}" for label, text in describe_host(report.host)),
     ]
@@ -199,7 +201,7 @@ def render_markdown(report: Report) -> str:
     notes = [f"- {r.target} {r.precision}: {r.note}" for r in report.results if r.note]
     if notes:
         lines += ["", "## Notes", *notes]
-    checks = describe_checks(report.checks)
+    checks = describe_checks(report.checks, report.reference)
     if checks:
         lines += ["", "## Checks", *[f"- {c}" for c in checks]]
     if report.stages:

@@ -373,9 +373,11 @@ def _target_flag_names(kind: str) -> tuple[str, ...]:
                    "and test/ (or val/), whose test split is used (default: fashion-mnist's test split).")
 @click.option("--eval-samples", type=int, default=None, help="Evaluation images (default: all).")
 @click.option("--max-drop", type=float, default=1.0, show_default=True,
-              help="Most top-1 points an INT8 row may lose against PyTorch FP32 before the build fails.")
+              help="Most top-1 points an INT8 row may lose against FP32 (PyTorch, or the --onnx graph) before "
+                   "the build fails.")
 @click.option("--min-agreement", type=float, default=0.98, show_default=True,
-              help="Least share of images on which an INT8 row must predict what PyTorch FP32 predicts.")
+              help="Least share of images on which an INT8 row must predict what FP32 (PyTorch, or the --onnx "
+                   "graph) predicts.")
 @click.option("--fallback", type=click.Choice(["auto", "off"]), default="auto", show_default=True,
               help="auto: keep the layers INT8 hurts most in float until the gate holds on held-out "
                    "calibration images; off: all INT8.")
@@ -465,7 +467,7 @@ def _quiet_libraries(ui: Ui) -> None:
 def _print_summary(ui: Ui, report, out: Path) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{report.model.arch}: PyTorch FP32 top-1 {report.reference.top1 * 100:.2f}%")
+    table = Table(title=f"{report.model.arch}: {report.reference.label} top-1 {report.reference.top1 * 100:.2f}%")
     for col in ("target", "precision", "top-1", "agreement", "p50 ms", "p99 ms", "img/s"):
         table.add_column(col, justify="left" if col in ("target", "precision") else "right")
     for r in report.results:  # a simulated row is an accuracy row: a CPU simulation times no device

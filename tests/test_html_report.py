@@ -135,6 +135,18 @@ def test_minimal_report_without_optional_parts(report: Report) -> None:
     assert "raw samples were not recorded" in html
 
 
+def test_an_onnx_input_names_its_graph_as_the_reference_not_pytorch(report: Report) -> None:
+    """`build --onnx`: every row is compared with the input graph run by ONNX Runtime; no report may call that
+    PyTorch, nor say the export was checked against PyTorch."""
+    from resnet_deploy.pipeline.report import render_markdown
+
+    onnx_input = replace(report, reference=replace(report.reference, framework="onnxruntime"))
+    for page in (render_html(onnx_input), render_markdown(onnx_input)):
+        assert "input ONNX FP32 (onnxruntime)" in page and "vs the input graph" in page
+        assert "PyTorch" not in page
+    assert "PyTorch FP32" in render_markdown(report) and "vs PyTorch" in render_html(report)
+
+
 def test_charts_need_no_plotting_library(report: Report, monkeypatch: pytest.MonkeyPatch) -> None:
     """A device-side install (no matplotlib) renders the same page with every chart."""
     monkeypatch.setitem(sys.modules, "matplotlib", None)
