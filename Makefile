@@ -42,7 +42,7 @@ PYTEST_WORKERS ?= $(shell $(PY) -c "import os; print(len(os.sched_getaffinity(0)
 # PYTHONDONTWRITEBYTECODE is dropped: with it set (as on these machines) nothing is cached, and every worker
 # rewrites every test module's asserts and compiles the package again on every run (~3 s of CPU a worker).
 test: install data
-	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # Real-data end-to-end checks (CIFAR-10 in ../shared/datasets when present, Fashion-MNIST).
 test-slow: install data
