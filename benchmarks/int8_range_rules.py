@@ -29,6 +29,7 @@ from resnet_deploy.calibration.activation_ranges import METHODS, with_outputs
 from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.calibration.qdq import QdqPlan, cached_ranges, insert_qdq, keep_float, plan_qdq, quantizable_layers
 from resnet_deploy.calibration.sampling import choose, decode
+from resnet_deploy.calibration.sensitivity import sqnr_db
 from resnet_deploy.calibration.sources import open_source
 from resnet_deploy.targets import onnx_session
 
@@ -49,9 +50,8 @@ def compare(reference: np.ndarray, out: np.ndarray) -> dict[str, float]:
     def centred(v: np.ndarray) -> np.ndarray:
         return v - v.mean(1, keepdims=True)
 
-    noise = ((centred(out) - centred(reference)) ** 2).sum()
     return {"agreement": round(float((out.argmax(1) == reference.argmax(1)).mean()), 4),
-            "sqnr_db": round(float(10 * np.log10((centred(reference) ** 2).sum() / max(noise, 1e-30))), 2)}
+            "sqnr_db": round(sqnr_db(centred(reference), centred(out)), 2)}
 
 
 def openvino_row(fp32: Path, calib: np.ndarray, test: np.ndarray, reference: np.ndarray, method: str,

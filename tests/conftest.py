@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import importlib.util
 import os
 import shutil
 import struct
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
@@ -145,6 +149,21 @@ def torch_one_thread():
     torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def script_module(path: Path) -> Iterator[ModuleType]:
+    """A script of benchmarks/ or scripts/ imported as a module, registered in ``sys.modules`` while in use
+    (dataclasses look their module up while the class is built)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(path.stem, None)
+
+
 def write_idx(path: Path, array: np.ndarray) -> Path:
     """An unsigned-byte IDX file, the format of (Fashion-)MNIST; gzipped when the name ends in .gz."""
     data = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
@@ -180,18 +199,12 @@ def randomize_bn(model: nn.Module, *, seed: int = 0) -> nn.Module:
 def hard_checkpoint(tmp_path_factory) -> Path:
     """scripts/make_hard_model.py's model, made from the embedded checkpoint: one outlier channel in layer2.1,
     compensated in the next convolution so FP32 is unchanged (tests/test_hard_model.py checks that)."""
-    import importlib.util
-
     from resnet_deploy.pipeline.checkpoint import load_model, save_safetensors
     from resnet_deploy.pipeline.settings import EMBEDDED_MODEL
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "make_hard_model.py"
-    spec = importlib.util.spec_from_file_location("make_hard_model", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     loaded = load_model(EMBEDDED_MODEL)
     path = tmp_path_factory.mktemp("hard") / "hard.safetensors"
-    save_safetensors(path, module.make_hard(loaded.model), {**loaded.meta, "hard_model": {
-        "block": module.BLOCK, "channel": module.CHANNEL, "factor": module.FACTOR}})
+    with script_module(Path(__file__).resolve().parents[1] / "scripts" / "make_hard_model.py") as module:
+        save_safetensors(path, module.make_hard(loaded.model), {**loaded.meta, "hard_model": {
+            "block": module.BLOCK, "channel": module.CHANNEL, "factor": module.FACTOR}})
     return path

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import script_module
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def margins():
-    spec = importlib.util.spec_from_file_location("int8_margins", BENCHMARKS / "int8_margins.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["int8_margins"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("int8_margins", None)
+    with script_module(BENCHMARKS / "int8_margins.py") as module:
+        yield module
 
 
 def test_flips_sit_in_the_small_margin_deciles_and_a_common_shift_is_no_noise(margins) -> None:

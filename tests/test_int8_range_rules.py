@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import script_module
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def rules():
-    spec = importlib.util.spec_from_file_location("int8_range_rules", BENCHMARKS / "int8_range_rules.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["int8_range_rules"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("int8_range_rules", None)
+    with script_module(BENCHMARKS / "int8_range_rules.py") as module:
+        yield module
 
 
 def test_a_spiky_channel_rounds_the_others_away(rules) -> None:
