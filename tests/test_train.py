@@ -23,9 +23,9 @@ from resnet_deploy.pipeline.train import TrainSettings, start_from, train
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 PREP = Preprocessing((28, 28), 1, (0.286,), (0.353,), class_names=FASHION_MNIST_CLASSES)
-# 256 images in batches of 64: 4 steps an epoch, the count at which OneCycleLR's one-step warm-up
+# 128 images in batches of 32: 4 steps an epoch, the count at which OneCycleLR's one-step warm-up
 # used to divide by zero.
-SETTINGS = TrainSettings(arch="resnet20", epochs=1, batch_size=64, seed=0)
+SETTINGS = TrainSettings(arch="resnet20", epochs=1, batch_size=32, seed=0)
 
 
 def synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -40,15 +40,15 @@ def synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def tiny() -> tuple[ArraySource, ArraySource]:
-    """256 training and 64 test images: Fashion-MNIST's test split when installed, else synthetic."""
+    """128 training and 32 test images: Fashion-MNIST's test split when installed, else synthetic."""
     folder = fashion_mnist_dir()
     if folder is not None:
         fm = open_idx(folder, "test", flag="--data")
-        images, labels = fm.images[:320].copy(), fm.labels[:320].copy()
+        images, labels = fm.images[:160].copy(), fm.labels[:160].copy()
     else:
-        images, labels = synthetic(320, seed=0)
-    return (ArraySource("tiny/train", images[:256], labels[:256], FASHION_MNIST_CLASSES),
-            ArraySource("tiny/test", images[256:], labels[256:], FASHION_MNIST_CLASSES))
+        images, labels = synthetic(160, seed=0)
+    return (ArraySource("tiny/train", images[:128], labels[:128], FASHION_MNIST_CLASSES),
+            ArraySource("tiny/test", images[128:], labels[128:], FASHION_MNIST_CLASSES))
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def interrupted(tiny, tmp_path_factory) -> Path:
     """A 2-epoch run stopped (as by Ctrl-C) once epoch 1's checkpoint is written."""
     out = tmp_path_factory.mktemp("interrupted")
     with pytest.raises(Interrupted):
-        train(TrainSettings(epochs=2, batch_size=64), tiny[0], PREP, out, on_progress=stop_after_first_epoch)
+        train(TrainSettings(epochs=2, batch_size=32), tiny[0], PREP, out, on_progress=stop_after_first_epoch)
     return out
 
 
@@ -117,7 +117,7 @@ class TestResume:
     def test_mismatched_run_is_refused(self, tiny, interrupted, tmp_path, change):
         out = tmp_path / "run"
         shutil.copytree(interrupted, out)
-        settings = TrainSettings(**{"epochs": 2, "batch_size": 64, **change})
+        settings = TrainSettings(**{"epochs": 2, "batch_size": 32, **change})
         with pytest.raises(ConfigError) as err:
             train(settings, tiny[0], PREP, out, resume=True)
         msg = str(err.value)
@@ -128,7 +128,7 @@ class TestResume:
         assert state["epoch"] == 1 and not (interrupted / "model.safetensors").exists()
         resumed_dir = tmp_path / "resumed"
         shutil.copytree(interrupted, resumed_dir)
-        settings = TrainSettings(epochs=2, batch_size=64)
+        settings = TrainSettings(epochs=2, batch_size=32)
         resumed = train(settings, tiny[0], PREP, resumed_dir, resume=True)
         assert resumed.epochs_run == 1 and [r["epoch"] for r in resumed.history] == [1, 2]
         straight = train(settings, tiny[0], PREP, tmp_path / "straight")
@@ -174,7 +174,7 @@ class TestInitFrom:
 
     def test_a_run_started_from_a_checkpoint_records_it(self, tiny, one_epoch, tmp_path):
         weights = str(one_epoch[1].weights)
-        result = train(TrainSettings(arch="resnet20", epochs=1, batch_size=64, init_from=weights),
+        result = train(TrainSettings(arch="resnet20", epochs=1, batch_size=32, init_from=weights),
                        tiny[0], PREP, tmp_path, test_source=tiny[1])
         loaded = load_model(result.weights)
         assert loaded.meta["train"]["init_from"] == weights
