@@ -9,7 +9,8 @@ logits (each image's mean logit removed: a shift of all logits changes no label)
 OpenVINO target's own NNCF quantization (``targets.openvino.nncf_quantize``) with each named range estimator,
 all INT8 and with the residual shortcuts in float (the fallback's entry). ``--tensors K`` lists the K activation
 tensors that lose the most to rounding under the ``--rule`` ranges: the share of their non-zero values that
-round to zero, and how spiky their channels are (the median channel's largest value over the tensor's).
+round to zero, and how spiky their channels are (the median channel's peak over the tensor's), after the count
+of tensors whose channels run 30x or more apart (``calibration/channel_spread.py``).
 
     python benchmarks/int8_range_rules.py runs/bundle-resnext50_32x4d --data ../shared/datasets/cifar10 -n 1000 \
         --openvino max,histogram
@@ -19,13 +20,15 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from resnet_deploy.calibration.activation_ranges import METHODS, with_outputs
+from resnet_deploy.calibration.activation_ranges import METHODS
+from resnet_deploy.calibration.channel_spread import MAX_IMAGES, UNEVEN, activation_spread, uneven
 from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.calibration.qdq import QdqPlan, cached_ranges, insert_qdq, keep_float, plan_qdq, quantizable_layers
 from resnet_deploy.calibration.sampling import choose, decode
@@ -68,25 +71,6 @@ def openvino_row(fp32: Path, calib: np.ndarray, test: np.ndarray, reference: np.
         compiled = shared_core().compile_model(str(Path(work) / "int8.xml"), "CPU")
         out = np.concatenate([compiled(test[i:i + 50])[0] for i in range(0, len(test), 50)])
     return compare(reference, out)
-
-
-def rounding_loss(model, plan: QdqPlan, table: dict[str, float], x: np.ndarray) -> list[dict]:
-    """Per quantized activation tensor, on ``x``: the share of non-zero values below half a step (they become
-    0), and the median channel's largest magnitude over the tensor's largest (1: even channels; near 0: a few
-    channels carry the range)."""
-    names = list(plan.activations)
-    session = onnx_session(with_outputs(model, names))
-    values = session.run(names, {session.get_inputs()[0].name: x})
-    rows = []
-    for name, v in zip(names, values):
-        a = np.abs(v)
-        nonzero = a[a > 0]
-        step = table[name] / 127
-        channels = a.max(axis=tuple(i for i in range(a.ndim) if i != 1)) if a.ndim > 1 else a
-        rows.append({"tensor": name, "amax": round(float(table[name]), 3),
-                     "nonzero_to_zero": round(float((nonzero < step / 2).mean()) if nonzero.size else 0.0, 4),
-                     "median_channel_range": round(float(np.median(channels) / max(channels.max(), 1e-12)), 4)})
-    return sorted(rows, key=lambda r: -r["nonzero_to_zero"])
 
 
 def main() -> None:
@@ -148,15 +132,18 @@ def main() -> None:
     print(f"{args.bundle}: {len(test)} test images, {len(calib)} calibration images")
     for name, figures in rows.items():
         print(f"{name:{width}s}  agreement {figures['agreement'] * 100:6.2f} %  SQNR {figures['sqnr_db']:6.2f} dB")
-    losses = rounding_loss(model, plan, table, test[:64])[: args.tensors] if args.tensors else []
+    spread = activation_spread(model, {t: table[t] for t in plan.activations}, test,
+                               session=onnx_session) if args.tensors else []
+    losses = sorted(spread, key=lambda r: -r.rounded_to_zero)[: args.tensors]
     if losses:
-        print(f"tensors losing most to rounding ({args.rule} ranges, 64 test images):")
+        print(f"tensors with channels {1 / UNEVEN:.0f}x or more apart: {len(uneven(spread))} of {len(spread)}")
+        print(f"tensors losing most to rounding ({args.rule} ranges, {min(len(test), MAX_IMAGES)} test images):")
     for r in losses:
-        print(f"  {r['tensor']:{width}s}  non-zero values rounded to 0 {r['nonzero_to_zero'] * 100:5.1f} %  "
-              f"median channel range {r['median_channel_range']:.3f} of the tensor's")
+        print(f"  {r.tensor:{width}s}  non-zero values rounded to 0 {r.rounded_to_zero * 100:5.1f} %, clipped "
+              f"{r.clipped * 100:4.1f} %  median channel peak {r.median_channel_range:.3f} of the tensor's")
     if args.json:
         args.json.write_text(json.dumps({"bundle": str(args.bundle), "images": len(test), "calibration": len(calib),
-                                         "rows": rows, "rounding": losses}, indent=1))
+                                         "rows": rows, "spread": [dataclasses.asdict(r) for r in spread]}, indent=1))
 
 
 if __name__ == "__main__":

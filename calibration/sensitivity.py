@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from resnet_deploy.calibration.activation_ranges import METHODS, SessionFactory
+from resnet_deploy.calibration.channel_spread import ActivationSpread, activation_spread
 from resnet_deploy.calibration.qdq import AUTO, cached_ranges, insert_qdq, keep_float, plan_qdq, quantizable_layers
 from resnet_deploy.errors import ConfigError
 
@@ -72,6 +73,7 @@ class Sensitivity:
     int8_sqnr_db: float
     layers: tuple[LayerSensitivity, ...]
     seconds: float
+    spread: tuple[ActivationSpread, ...] = field(default=(), metadata={"omit_empty": True})  # channel_spread.py
 
     def ranked(self) -> list[tuple[str, ...]]:
         """The entries' ONNX node names (one layer, or a group), the one whose float copy recovers most first."""
@@ -81,7 +83,8 @@ class Sensitivity:
     def from_json(cls, d: Mapping[str, Any]) -> Sensitivity:
         return cls(str(d.get("reference", "")), str(d.get("method", "")), int(d.get("images", 0)),
                    float(d["int8_agreement"]), float(d["int8_sqnr_db"]),
-                   tuple(LayerSensitivity.from_json(x) for x in d.get("layers", ())), float(d.get("seconds", 0.0)))
+                   tuple(LayerSensitivity.from_json(x) for x in d.get("layers", ())), float(d.get("seconds", 0.0)),
+                   tuple(ActivationSpread.from_json(x) for x in d.get("spread", ())))
 
 
 def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
@@ -143,5 +146,6 @@ def analyse(fp32_onnx: Path, calibration: np.ndarray, *, session: SessionFactory
         layers.append(LayerSensitivity(name, "Add" if members else ops[name], agreement, sqnr,
                                        round(sqnr - base_sqnr, 3), members))
     layers.sort(key=lambda s: (-s.gain_db, -s.agreement, s.layer))
+    spread = activation_spread(model, {t: ranges[chosen][t] for t in plan.activations}, images, session=session)
     return Sensitivity(REFERENCE, chosen, len(images), base_agreement, base_sqnr, tuple(layers),
-                       round(time.perf_counter() - started, 3))
+                       round(time.perf_counter() - started, 3), tuple(spread))

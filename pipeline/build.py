@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from resnet_deploy import environment, interrupts, recipes
+from resnet_deploy.calibration.channel_spread import diagnosis, uneven
 from resnet_deploy.calibration.labels import read_labels
 from resnet_deploy.calibration.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, imagenet_preset
 from resnet_deploy.calibration.sampling import EvalSet, ImageBatch, choose, decode, same_images
@@ -197,8 +198,8 @@ def build(settings: BuildSettings, *, ui: Ui) -> BuildResult:
             out,
             "INT8 accuracy gate failed: " + "; ".join(report.gate.failures) +
             (f". Besides, this evaluation could not have verified a pass: {besides}" if besides else "") +
-            f". The bundle was written to {out} and its report is marked failed; try more or more representative "
-            "--calib-samples, or relax --max-drop / --min-agreement if the loss is acceptable."
+            f". The bundle was written to {out} and its report is marked failed; "
+            + gate_failed_advice(report.sensitivity)
         )
     if report.gate.status == "unverified":
         raise GateUnverified(
@@ -208,6 +209,16 @@ def build(settings: BuildSettings, *, ui: Ui) -> BuildResult:
             "unverified; evaluate a trained model on more labelled images (--eval-data, --eval-samples)."
         )
     return BuildResult(out, report)
+
+
+def gate_failed_advice(sensitivity: Sensitivity | None) -> str:
+    """What to do about a failed gate: when the fallback's analysis found activations whose channels no one INT8
+    scale serves (calibration/channel_spread.py), that, since more calibration images cannot help then."""
+    spread = sensitivity.spread if sensitivity else ()
+    relax = "relax --max-drop / --min-agreement if the loss is acceptable."
+    if uneven(spread):
+        return f"{diagnosis(spread)} Or {relax}"
+    return f"try more or more representative --calib-samples, or {relax}"
 
 
 def _warn_unused_flags(settings: BuildSettings, targets: list[Target], ui: Ui) -> None:

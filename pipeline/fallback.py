@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from resnet_deploy.calibration.agreement import predictions
+from resnet_deploy.calibration.channel_spread import diagnosis
 from resnet_deploy.calibration.sensitivity import Sensitivity, analyse
 from resnet_deploy.console import Ui
 from resnet_deploy.pipeline.latency import LatencySettings, measure
@@ -149,7 +150,7 @@ class Fallback:
             if found is None:
                 self._say(f"fallback: {target.name} misses the gate on the held-out images even with {len(kept(k))} "
                           "layer(s) in float (--max-float-layers); its row keeps them and the evaluation gives the "
-                          "verdict.",
+                          "verdict. " + diagnosis(self.sensitivity.spread if self.sensitivity else ()),
                           warn=True)
             latency = self._latency_cost(target, final, bundle, all_int8, Path(keep))
         return self._annotate(final, kept(k), history[-1], history, latency)

@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any, Mapping
 
+from resnet_deploy.calibration.channel_spread import diagnosis
 from resnet_deploy.calibration.sensitivity import Sensitivity
 from resnet_deploy.pipeline import svg_chart
 from resnet_deploy.pipeline.records import Report, ResultRow
 
 MAX_BARS = 60  # a deeper network's bar chart keeps its most sensitive layers
 MAX_TABLE = 12
+SPREAD_TABLE = 5  # report.json keeps every quantized activation
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,13 @@ def markdown(report: Report) -> list[str]:
                   for s in sens.layers[:MAX_TABLE]]
         if len(sens.layers) > MAX_TABLE:
             lines.append(f"\n({len(sens.layers) - MAX_TABLE} more layers in report.json.)")
+    if sens is not None and sens.spread:
+        lines += ["", f"The activations with the most uneven channels (one INT8 scale each, the same ranges). "
+                  f"{diagnosis(sens.spread)}", "",
+                  "| tensor | median channel peak / tensor peak | non-zero values rounded to 0 | clipped | amax |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| `{r.tensor}` | {r.median_channel_range:.3f} | {r.rounded_to_zero * 100:.1f}% | "
+                  f"{r.clipped * 100:.1f}% | {r.amax:g} |" for r in sens.spread[:SPREAD_TABLE]]
     return lines
 
 
@@ -104,6 +113,15 @@ def html(report: Report) -> str:
         body = "".join(f"<tr><td class=l><code>{escape(s.label)}</code></td><td class=l>{escape(s.op)}</td>"
                        f"<td>{s.gain_db:+.2f}</td><td>{s.sqnr_db:.1f}</td><td>{s.agreement * 100:.2f}%</td></tr>"
                        for s in sens.layers[:MAX_TABLE])
+        parts.append(f'<div class="scroll"><table>{head}{body}</table></div>')
+    if sens is not None and sens.spread:
+        parts.append(f'<p class="note">The activations with the most uneven channels (one INT8 scale each, the same '
+                     f"ranges). {escape(diagnosis(sens.spread))}</p>")
+        head = ("<tr><th class=l>tensor</th><th>median channel peak / tensor peak</th>"
+                "<th>non-zero values rounded to 0</th><th>clipped</th><th>amax</th></tr>")
+        body = "".join(f"<tr><td class=l><code>{escape(r.tensor)}</code></td><td>{r.median_channel_range:.3f}</td>"
+                       f"<td>{r.rounded_to_zero * 100:.1f}%</td><td>{r.clipped * 100:.1f}%</td><td>{r.amax:g}</td></tr>"
+                       for r in sens.spread[:SPREAD_TABLE])
         parts.append(f'<div class="scroll"><table>{head}{body}</table></div>')
     return "".join(parts)
 

@@ -173,10 +173,27 @@ def test_gate_failure_writes_a_failed_report_and_exits_non_zero(monkeypatch, tmp
     out = tmp_path / "failed"
     result = run("build", "--target", stub_target, "--out", str(out), "--eval-samples", "50", "--calib-samples", "10",
                  "--fallback", "off", "--latency-seconds", "0")
-    assert_clean_failure(result, "gate failed", "forced", code=4)
+    assert_clean_failure(result, "gate failed", "forced", "more representative --calib-samples", code=4)
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "failed" and report["gate"]["passed"] is False
     assert "FAILED" in (out / "report.md").read_text()
+
+
+def test_a_failed_gate_whose_activations_round_away_says_so_instead_of_more_images():
+    from resnet_deploy.calibration.channel_spread import ActivationSpread
+    from resnet_deploy.calibration.sensitivity import Sensitivity
+    from resnet_deploy.pipeline.build import gate_failed_advice
+
+    def analysis(spread: float) -> Sensitivity:  # what the fallback's sensitivity analysis records
+        return Sensitivity("ref", "mse", 128, 0.9, 16.0, (), 1.0, (ActivationSpread("/layer4/x", 60.0, spread, 0.86,
+                                                                                     0.0),))
+
+    spiky = gate_failed_advice(analysis(0.003))
+    assert "/layer4/x: median channel at 0.003" in spiky and "86 % of its non-zero values round to 0" in spiky
+    assert "quantization-aware training" in spiky and "--calib-samples" not in spiky
+    assert spiky.endswith("relax --max-drop / --min-agreement if the loss is acceptable.")
+    for calm in (gate_failed_advice(analysis(0.4)), gate_failed_advice(None)):
+        assert calm.startswith("try more or more representative --calib-samples")
 
 
 def test_interrupted_build_leaves_nothing(monkeypatch, out, fashion_mnist, stub_target):

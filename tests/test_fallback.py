@@ -13,6 +13,7 @@ import onnx
 import outlier_onnx as tiny
 import pytest
 
+from resnet_deploy.calibration.channel_spread import ActivationSpread
 from resnet_deploy.calibration.qdq import make_qdq_onnx
 from resnet_deploy.calibration.sensitivity import LayerSensitivity, Sensitivity
 from resnet_deploy.pipeline import fallback_report
@@ -134,12 +135,15 @@ def test_the_loop_stops_at_max_float_layers_and_says_so(model, tmp_path):
     said = Said()
     fb = _fallback(model, said, max_float_layers=1)
     useless = LayerSensitivity("/c/Conv", "Conv", 0.5, 1.0, 0.0)
-    fb.sensitivity = Sensitivity("given", "max", 1, 0.5, 1.0, (useless,), 0.0)  # a ranking that cannot help
+    spiky = ActivationSpread("/a/Relu_output_0", 200.0, 0.002, 0.52, 0.0)  # what the analysis measures on this model
+    fb.sensitivity = Sensitivity("given", "max", 1, 0.5, 1.0, (useless,), 0.0, (spiky,))  # a ranking that cannot help
     artifacts = _compile(fb, QdqStub(), model, tmp_path)
     assert QdqStub.compiles == [(), ("/c/Conv",)]
     record = next(a for a in artifacts if a.precision == "int8").details["fallback"]
     assert record["float_layers"] == ["/c/Conv"] and not record["held_out"]["passed"]
-    assert any("--max-float-layers" in w for w in said.warnings)
+    [warning] = [w for w in said.warnings if "--max-float-layers" in w]
+    assert "1 activation tensor(s) have channels 30x" in warning and "/a/Relu_output_0: median channel at 0.002" \
+        in warning  # and why, in the same breath
 
 
 def test_a_target_without_float_layers_keeps_its_all_int8_row(model, tmp_path):
@@ -174,7 +178,8 @@ def test_the_report_names_the_layers_their_cost_and_draws_the_sensitivity():
               "held_out": {"agreement": 0.99, "drop": 0.0, "passed": True},
               "latency": {"all_int8_p50_ms": 0.5, "p50_ms": 0.6, "cost": 0.2}}
     sens = Sensitivity("ref", "max", 64, 0.5, 8.0, (LayerSensitivity(tiny.SENSITIVE, "Conv", 0.99, 30.0, 22.0),
-                                                    LayerSensitivity("/c/Conv", "Conv", 0.5, 8.1, 0.1)), 0.1)
+                                                    LayerSensitivity("/c/Conv", "Conv", 0.5, 8.1, 0.1)), 0.1,
+                       (ActivationSpread("/a/Relu_output_0", 200.0, 0.002, 0.52, 0.0),))
     simulated = {k: v for k, v in record.items() if k != "latency"}  # the loop times measured rows only
     report = types.SimpleNamespace(results=(_row({"fallback": record}), _row({"fallback": simulated}, True)),
                                    sensitivity=sens)
@@ -186,6 +191,8 @@ def test_the_report_names_the_layers_their_cost_and_draws_the_sensitivity():
     assert page.count("<svg ") == 1 and "SQNR gain" in page
     bars = re.findall(r"<title>([^<]*)</title></rect>", page)  # one bar per layer, worst first
     assert bars == [f"{tiny.SENSITIVE}: 22", "/c/Conv: 0.1"]
+    for text in (md, page):  # the activations that lose most to rounding, and what that means
+        assert "/a/Relu_output_0" in text and "52.0%" in text and "channels 30x or more apart" in text
 
 
 @pytest.mark.parametrize("mode", ["auto", "off"])

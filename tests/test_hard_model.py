@@ -70,3 +70,5 @@ def test_fails_without_fallback_and_passes_with_it_on_every_target(hard_checkpoi
     for target in CPU_TARGETS:  # the fastest call of each: p50 moved with the load of a shared 2-core machine
         assert rows[(target, "int8")]["latency_ms"]["min"] < rows[(target, "fp32")]["latency_ms"]["min"]
     assert report["sensitivity"]["layers"][0]["layer"] == "/layer2/layer2.1/conv2/Conv"
+    worst = report["sensitivity"]["spread"][0]  # why: one channel of conv2's input dwarfs the rest
+    assert worst["tensor"].startswith("/layer2/layer2.1/") and worst["median_channel_range"] < 0.01

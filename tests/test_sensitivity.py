@@ -11,6 +11,7 @@ import outlier_onnx as tiny
 import pytest
 
 from resnet_deploy.calibration import qdq
+from resnet_deploy.calibration.channel_spread import UNEVEN
 from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.calibration.sampling import choose, decode
 from resnet_deploy.calibration.sensitivity import (
@@ -47,6 +48,11 @@ def test_the_outlier_layer_ranks_first_by_a_wide_margin(model):
     assert first.gain_db > 10 and all(first.gain_db > r.gain_db + 10 for r in rest)
     assert first.agreement > s.int8_agreement  # keeping it in float also brings predictions back
     assert s.images == min(len(x), MAX_IMAGES) and s.method in ("max", "percentile", "entropy", "mse")
+    # why: the outlier channel sets the one scale of /b/Conv's input, and its other channels round to 0
+    spiky, *others = s.spread
+    assert spiky.tensor == "/a/Relu_output_0" and spiky.median_channel_range < UNEVEN and spiky.rounded_to_zero > 0.4
+    assert {r.tensor for r in others} == {"/b/Relu_output_0", "input"}
+    assert all(r.median_channel_range > 0.3 and r.rounded_to_zero < 0.1 for r in others)
 
 
 def test_the_analysis_round_trips_through_report_json(model):
