@@ -1,12 +1,13 @@
 """How unevenly each activation tensor's channels run: why a model's INT8 may miss the gate whatever is tried.
 
-TensorRT, OpenVINO and ONNX Runtime give each activation tensor one INT8 scale (weights get one per channel).
-When a few channels of a tensor peak 30x or more above its median channel, that one scale either clips the loud
-channels or rounds most values of the quiet ones to 0; no range rule or calibration set fixes it. Per tensor:
-the median channel's peak over the tensor's (rule-independent), and under the ranges given, the shares of
-non-zero values that round to 0 and that are clipped. A CIFAR SE-ResNeXt-50 that misses at 91-94 % has 14
-such tensors, a ResNeXt-50 that passes none (benchmarks/results/int8_agreement_cifar.md). The sensitivity
-analysis records them; the fallback and a failed build name them when keeping layers in float is not enough.
+Every target's runtime (TensorRT, OpenVINO, ONNX Runtime) gives each activation tensor one INT8 scale (weights
+get one per channel). When a few channels of a tensor peak 30x or more above its median channel, that one scale
+either clips the loud channels or rounds most values of the quiet ones to 0; no range rule or calibration set
+fixes it. Per tensor: the median channel's peak over the tensor's (rule-independent), and under the ranges
+given, the shares of non-zero values that round to 0 and that are clipped. A CIFAR SE-ResNeXt-50 that misses
+at 91-94 % has 14 such tensors, a ResNeXt-50 that passes none (benchmarks/results/int8_agreement_cifar.md).
+The sensitivity analysis records them; the fallback and a failed build name them when keeping layers in float
+is not enough.
 """
 
 from __future__ import annotations
@@ -86,6 +87,6 @@ def diagnosis(rows: Sequence[ActivationSpread]) -> str:
     return (f"{len(bad)} activation tensor(s) have channels {1 / UNEVEN:.0f}x or more apart (the most uneven, "
             f"{worst.tensor}: median channel at {worst.median_channel_range:.3f} of its peak; with its range "
             f"{worst.rounded_to_zero * 100:.0f} % of its non-zero values round to 0 and {worst.clipped * 100:.0f} % "
-            "are clipped): the one INT8 scale per tensor of TensorRT, OpenVINO and ONNX Runtime either clips the loud "
-            "channels or rounds the quiet ones away, and no range rule or calibration set fixes that. Where keeping "
-            "layers in float does not either, quantization-aware training, or this model in float, is the way.")
+            "are clipped): one INT8 scale per activation tensor, all every target's runtime offers, either clips the "
+            "loud channels or rounds the quiet ones away, and no range rule or calibration set fixes that. Where "
+            "keeping layers in float does not either, quantization-aware training, or this model in float, is the way.")
