@@ -87,6 +87,6 @@ def diagnosis(rows: Sequence[ActivationSpread]) -> str:
     return (f"{len(bad)} activation tensor(s) have channels {1 / UNEVEN:.0f}x or more apart (the most uneven, "
             f"{worst.tensor}: median channel at {worst.median_channel_range:.3f} of its peak; with its range "
             f"{worst.rounded_to_zero * 100:.0f} % of its non-zero values round to 0 and {worst.clipped * 100:.0f} % "
-            "are clipped): one INT8 scale per activation tensor (all that any target's runtime offers) either clips the "
-            "loud channels or rounds the quiet ones away, and no range rule or calibration set fixes that. Where "
+            "are clipped): one INT8 scale per activation tensor (all that any target's runtime offers) either clips "
+            "the loud channels or rounds the quiet ones away, and no range rule or calibration set fixes that. Where "
             "keeping layers in float does not either, quantization-aware training, or this model in float, is the way.")
