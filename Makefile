@@ -36,8 +36,9 @@ lint: install
 	$(VENV)/bin/mypy
 
 # pytest-xdist, one worker per core and one more: part of the suite's time waits on subprocesses and file
-# locks (2-core machine, quiet: 80-91 s with 3 workers, 87-88 s with 2). A test file stays on one worker, so
-# its module fixtures build once; each worker's PyTorch runs one thread (tests/conftest.py).
+# locks (2-core machine, 2026-11-29: 83-94 s with 3 workers, 84-91 s with 2; the hour moves it more than the
+# worker count). A test file stays on one worker, so its module fixtures build once; each worker's PyTorch runs
+# one thread (tests/conftest.py).
 PYTEST_WORKERS ?= $(shell $(PY) -c "import os; print(len(os.sched_getaffinity(0)) + 1)" 2>/dev/null || echo auto)
 # PYTHONDONTWRITEBYTECODE is dropped: with it set (as on these machines) nothing is cached, and every worker
 # rewrites every test module's asserts and compiles the package again on every run (~3 s of CPU a worker).
