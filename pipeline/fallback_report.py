@@ -77,19 +77,14 @@ def markdown(report: Report) -> list[str]:
     if sens is not None:
         lines += ["", f"Per-layer sensitivity ({sens.reference}; amax rule {sens.method}; {sens.images} calibration "
                   f"images): all-INT8 agreement {sens.int8_agreement * 100:.2f}%, SQNR {sens.int8_sqnr_db:.1f} dB. "
-                  "Each layer left in float alone (the residual shortcuts together), most sensitive first:", "",
-                  "| layer | op | SQNR gain dB | SQNR dB | agreement |", "|---|---|---|---|---|"]
-        lines += [f"| `{s.label}` | {s.op} | {s.gain_db:+.2f} | {s.sqnr_db:.1f} | {s.agreement * 100:.2f}% |"
-                  for s in sens.layers[:MAX_TABLE]]
+                  "Each layer left in float alone (the residual shortcuts together), most sensitive first:", ""]
+        lines += _markdown_table(_layer_table(sens))
         if len(sens.layers) > MAX_TABLE:
             lines.append(f"\n({len(sens.layers) - MAX_TABLE} more layers in report.json.)")
     if sens is not None and sens.spread:
         lines += ["", f"The activations with the most uneven channels (one INT8 scale each, the same ranges). "
-                  f"{diagnosis(sens.spread)}", "",
-                  "| tensor | median channel peak / tensor peak | non-zero values rounded to 0 | clipped | amax |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| `{r.tensor}` | {r.median_channel_range:.3f} | {r.rounded_to_zero * 100:.1f}% | "
-                  f"{r.clipped * 100:.1f}% | {r.amax:g} |" for r in sens.spread[:SPREAD_TABLE]]
+                  f"{diagnosis(sens.spread)}", ""]
+        lines += _markdown_table(_spread_table(sens))
     return lines
 
 
@@ -108,22 +103,46 @@ def html(report: Report) -> str:
                      "gains when that layer alone stays in float; worst (most sensitive) first.</p>")
         parts.append(svg_chart.figure(sensitivity_chart(sens),
                                       caption="SQNR gain (dB) with the layer in float, worst first"))
-        head = ("<tr><th class=l>layer</th><th class=l>op</th><th>SQNR gain dB</th><th>SQNR dB</th>"
-                "<th>agreement</th></tr>")
-        body = "".join(f"<tr><td class=l><code>{escape(s.label)}</code></td><td class=l>{escape(s.op)}</td>"
-                       f"<td>{s.gain_db:+.2f}</td><td>{s.sqnr_db:.1f}</td><td>{s.agreement * 100:.2f}%</td></tr>"
-                       for s in sens.layers[:MAX_TABLE])
-        parts.append(f'<div class="scroll"><table>{head}{body}</table></div>')
+        parts.append(_html_table(_layer_table(sens)))
     if sens is not None and sens.spread:
         parts.append(f'<p class="note">The activations with the most uneven channels (one INT8 scale each, the same '
                      f"ranges). {escape(diagnosis(sens.spread))}</p>")
-        head = ("<tr><th class=l>tensor</th><th>median channel peak / tensor peak</th>"
-                "<th>non-zero values rounded to 0</th><th>clipped</th><th>amax</th></tr>")
-        body = "".join(f"<tr><td class=l><code>{escape(r.tensor)}</code></td><td>{r.median_channel_range:.3f}</td>"
-                       f"<td>{r.rounded_to_zero * 100:.1f}%</td><td>{r.clipped * 100:.1f}%</td><td>{r.amax:g}</td></tr>"
-                       for r in sens.spread[:SPREAD_TABLE])
-        parts.append(f'<div class="scroll"><table>{head}{body}</table></div>')
+        parts.append(_html_table(_spread_table(sens)))
     return "".join(parts)
+
+
+Table = tuple[list[str], list[list[str]], int]  # headers, rows of cells, how many leading columns hold text
+
+
+def _layer_table(sens: Sensitivity) -> Table:
+    rows = [[s.label, s.op, f"{s.gain_db:+.2f}", f"{s.sqnr_db:.1f}", f"{s.agreement * 100:.2f}%"]
+            for s in sens.layers[:MAX_TABLE]]
+    return ["layer", "op", "SQNR gain dB", "SQNR dB", "agreement"], rows, 2
+
+
+def _spread_table(sens: Sensitivity) -> Table:
+    rows = [[r.tensor, f"{r.median_channel_range:.3f}", f"{r.rounded_to_zero * 100:.1f}%", f"{r.clipped * 100:.1f}%",
+             f"{r.amax:g}"] for r in sens.spread[:SPREAD_TABLE]]
+    return ["tensor", "median channel peak / tensor peak", "non-zero values rounded to 0", "clipped", "amax"], rows, 1
+
+
+def _markdown_table(table: Table) -> list[str]:
+    """The first cell of a row is a name, in code style."""
+    headers, rows, _ = table
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + \
+        ["| " + " | ".join([f"`{row[0]}`", *row[1:]]) + " |" for row in rows]
+
+
+def _html_table(table: Table) -> str:
+    """The first cell of a row is a name, in code style; the table's text columns align left."""
+    headers, rows, text = table
+
+    def cells(tag: str, values: list[str]) -> str:
+        return "".join(f"<{tag}{' class=l' if i < text else ''}>{v}</{tag}>" for i, v in enumerate(values))
+
+    head = f"<tr>{cells('th', headers)}</tr>"
+    body = "".join(f"<tr>{cells('td', [f'<code>{escape(row[0])}</code>', *map(escape, row[1:])])}</tr>" for row in rows)
+    return f'<div class="scroll"><table>{head}{body}</table></div>'
 
 
 def sensitivity_chart(sens: Sensitivity) -> str | None:
