@@ -179,7 +179,7 @@ def test_gate_failure_writes_a_failed_report_and_exits_non_zero(monkeypatch, tmp
     assert "FAILED" in (out / "report.md").read_text()
 
 
-def test_a_failed_gate_whose_activations_round_away_says_so_instead_of_more_images():
+def test_a_failed_gate_with_uneven_activation_channels_says_so_instead_of_more_images():
     from resnet_deploy.calibration.channel_spread import ActivationSpread
     from resnet_deploy.calibration.sensitivity import Sensitivity
     from resnet_deploy.pipeline.build import gate_failed_advice

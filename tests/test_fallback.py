@@ -191,7 +191,7 @@ def test_the_report_names_the_layers_their_cost_and_draws_the_sensitivity():
     assert page.count("<svg ") == 1 and "SQNR gain" in page
     bars = re.findall(r"<title>([^<]*)</title></rect>", page)  # one bar per layer, worst first
     assert bars == [f"{tiny.SENSITIVE}: 22", "/c/Conv: 0.1"]
-    for text in (md, page):  # the activations that lose most to rounding, and what that means
+    for text in (md, page):  # the most uneven activations, and what that means
         assert "/a/Relu_output_0" in text and "52.0%" in text and "channels 30x or more apart" in text
 
 
