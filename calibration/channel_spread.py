@@ -89,4 +89,5 @@ def diagnosis(rows: Sequence[ActivationSpread]) -> str:
             f"{worst.rounded_to_zero * 100:.0f} % of its non-zero values round to 0 and {worst.clipped * 100:.0f} % "
             "are clipped): one INT8 scale per activation tensor (all that any target's runtime offers) either clips "
             "the loud channels or rounds the quiet ones away, and no range rule or calibration set fixes that. Where "
-            "keeping layers in float does not either, quantization-aware training, or this model in float, is the way.")
+            "keeping layers in float does not either, quantization-aware fine-tuning (`resnet-deploy train --init-from "
+            "MODEL --int8-aware 3`) or this model in float is the way.")

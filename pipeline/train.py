@@ -26,6 +26,7 @@ from resnet_deploy.calibration.sources import ImageSource
 from resnet_deploy.errors import CheckpointError, ConfigError
 from resnet_deploy.models import build_model, get_arch
 from resnet_deploy.pipeline import checkpoint as ckpt
+from resnet_deploy.pipeline.int8_aware import FakeInt8Activations, consistency_loss, freeze_bn
 from resnet_deploy.ranges import SEED_MAX, THREADS_MAX, check_float, check_int
 
 
@@ -43,6 +44,7 @@ class TrainSettings:
     pad_crop: int | None = None  # pixels of padding for random crops; None = input size / 8
     zero_init_residual: bool = True  # each residual branch's last BN starts at 0 (ResNet.zero_init_residual)
     init_from: str | None = None  # a checkpoint to start from (fine-tuning) instead of a fresh initialisation
+    int8_aware: float = 0.0  # weight of the fake-INT8 consistency term (pipeline/int8_aware.py); 0: off
     seed: int = 0
     threads: int | None = None
 
@@ -53,6 +55,7 @@ class TrainSettings:
         check_float(self.lr, "--lr", lo=0.0, hi=100.0, lo_open=True)
         check_float(self.momentum, "--momentum", lo=0.0, hi=0.999)
         check_float(self.weight_decay, "--weight-decay", lo=0.0, hi=1.0)
+        check_float(self.int8_aware, "--int8-aware", lo=0.0, hi=100.0)
         check_float(self.label_smoothing, "label_smoothing", lo=0.0, hi=0.999)
         check_int(self.pad_crop, "pad_crop", lo=0, hi=1024, optional=True)
         check_int(self.seed, "--seed", lo=0, hi=SEED_MAX)
@@ -206,6 +209,14 @@ def train(
         sched.load_state_dict(state["scheduler"])
         start_epoch, history = int(state["epoch"]), list(state.get("history", []))
     net: nn.Module = model
+    fake = None
+    if settings.int8_aware:
+        if world > 1:
+            raise ConfigError("--int8-aware runs in one process: start it without torchrun.")
+        if not settings.init_from:
+            raise ConfigError("--int8-aware fine-tunes a trained model (its batch-norm statistics stay as they are): "
+                              "give the model's weights with --init-from.")
+        fake = FakeInt8Activations(model, gen=torch.Generator().manual_seed(settings.seed))
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
 
@@ -213,6 +224,8 @@ def train(
     pad = settings.pad_crop if settings.pad_crop is not None else max(1, min(prep.input_size) // 8)
     for epoch in range(start_epoch, settings.epochs):
         net.train()
+        if fake is not None:
+            freeze_bn(model)  # both passes normalise as the folded, deployed model does
         gen = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
         order = torch.randperm(len(labels), generator=gen)[rank::world][:per_rank]
         seen, loss_sum, correct, t0 = 0, 0.0, 0, time.perf_counter()
@@ -220,8 +233,11 @@ def train(
             idx = order[step * settings.batch_size : (step + 1) * settings.batch_size]
             x = augment(pixels[idx], pad=pad, flip=settings.flip, gen=gen).to(device, non_blocking=True)
             y = labels[idx].to(device, non_blocking=True)
-            logits = net(norm(x))
+            x = norm(x)
+            logits = net(x)
             loss = F.cross_entropy(logits, y, label_smoothing=settings.label_smoothing)
+            if fake is not None:
+                loss = loss + settings.int8_aware * consistency_loss(model, fake, x, logits)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -247,6 +263,8 @@ def train(
             interrupts.test_point("epoch")
             if on_progress:
                 on_progress("epoch", epoch, steps_per_epoch, row)
+    if fake is not None:
+        fake.remove()
     weights = out_dir / "model.safetensors"
     if rank == 0:
         meta["history"] = history

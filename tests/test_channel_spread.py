@@ -46,7 +46,7 @@ def test_the_diagnosis_names_the_most_uneven_tensor_only_when_one_scale_explains
     said = diagnosis(rows)
     assert said.startswith("1 activation tensor(s) have channels 30x or more apart")
     assert "/layer4/relu: median channel at 0.004" in said and "38 % of its non-zero values round to 0" in said
-    assert "1 % are clipped" in said and "quantization-aware training" in said
+    assert "1 % are clipped" in said and "quantization-aware fine-tuning" in said and "--int8-aware" in said
     even = diagnosis([ActivationSpread("/layer3/relu", 9.0, UNEVEN + 0.01, 0.6, 0.0)])
     assert even.startswith("Every activation's channels are within 30x") and "quantization-aware" not in even
     assert diagnosis([]) == ""

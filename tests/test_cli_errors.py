@@ -190,7 +190,7 @@ def test_a_failed_gate_with_uneven_activation_channels_says_so_instead_of_more_i
 
     spiky = gate_failed_advice(analysis(0.003))
     assert "/layer4/x: median channel at 0.003" in spiky and "86 % of its non-zero values round to 0" in spiky
-    assert "quantization-aware training" in spiky and "--calib-samples" not in spiky
+    assert "--int8-aware" in spiky and "--calib-samples" not in spiky
     assert spiky.endswith("relax --max-drop / --min-agreement if the loss is acceptable.")
     for calm in (gate_failed_advice(analysis(0.4)), gate_failed_advice(None)):
         assert calm.startswith("try more or more representative --calib-samples")

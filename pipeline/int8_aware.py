@@ -1,0 +1,123 @@
+"""Quantization-aware training in its consistency form: teach the weights to keep their decisions under INT8.
+
+Post-training INT8 gives each activation tensor one scale. A model whose channels run 30x apart (the build's
+diagnosis, calibration/channel_spread.py) loses predictions to it that no range rule or float layer recovers.
+Here each training batch also runs with the activations fake-quantized (symmetric INT8, one scale per tensor,
+where the targets quantize them), and a KL term pulls that pass toward the FP32 one; batch-norm layers use
+their running statistics throughout, as the folded model does, so it fine-tunes a trained model. The weights
+stay a plain FP32 state_dict: the build calibrates and quantizes them like any other.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resnet_deploy.models.squeeze_excite import SqueezeExcite
+
+QMAX = 127  # symmetric INT8, as TensorRT and the Q/DQ rows quantize activations
+
+
+class FakeInt8Activations:
+    """Hooks on ``model`` at every tensor the targets quantize: each ReLU's and SE block's output (so a block's
+    output reaches the next convs and the residual add already rounded, as in a Q/DQ graph) and every Conv2d and
+    Linear input not rounded there (the image, the pooled features). A module called several times in a forward
+    pass (a block's one ReLU) has a range per call. Outside :meth:`active` the hooks track each tensor's
+    largest magnitude (an exponential moving average over the FP32 passes); inside it they replace the tensor by
+    its INT8 fake quantization at that range times ``clip``, drawn per pass from [min_clip, 1] so the weights
+    learn to bear both the rounding of a wide range and the clipping of a narrow one."""
+
+    def __init__(self, model: nn.Module, *, momentum: float = 0.9, min_clip: float = 0.5,
+                 gen: torch.Generator | None = None) -> None:
+        self.momentum, self.min_clip, self.gen = momentum, min_clip, gen
+        self.amax: dict[tuple[nn.Module, int], float] = {}
+        self.on = False
+        self.clip = 1.0
+        self._calls: dict[nn.Module, int] = {}
+        self._rounded: set[int] = set()  # ids of this pass's outputs already rounded
+        self.handles = [model.register_forward_pre_hook(self._start)]
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                self.handles.append(m.register_forward_pre_hook(self._on_input))
+            elif isinstance(m, (nn.ReLU, SqueezeExcite)):
+                self.handles.append(m.register_forward_hook(self._on_output))
+
+    def _start(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        self._calls.clear()
+        self._rounded.clear()
+
+    def _round(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        call = self._calls.get(module, 0)
+        self._calls[module] = call + 1
+        key = (module, call)
+        if not self.on:
+            peak = float(x.detach().abs().amax())
+            old = self.amax.get(key)
+            self.amax[key] = peak if old is None else self.momentum * old + (1 - self.momentum) * peak
+            return x
+        amax = self.amax.get(key, 0.0) * self.clip
+        if amax <= 0.0:
+            return x
+        return torch.fake_quantize_per_tensor_affine(x, amax / QMAX, 0, -QMAX, QMAX)
+
+    def _on_input(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
+        if id(args[0]) in self._rounded:
+            return None
+        x = self._round(module, args[0])
+        return None if x is args[0] else (x, *args[1:])
+
+    def _on_output(self, module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
+        out = self._round(module, out)
+        self._rounded.add(id(out))
+        return out
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Tensors fake-quantized for the length of the block."""
+        self.clip = self.min_clip + (1 - self.min_clip) * float(torch.rand((), generator=self.gen))
+        self.on = True
+        try:
+            yield
+        finally:
+            self.on = False
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def freeze_bn(model: nn.Module) -> None:
+    """Every batch-norm layer in eval mode: it normalises with its running statistics, as the folded model the
+    targets quantize does, and they stay as the trained model left them. (In train mode batch statistics tame the
+    rare large activations that per-tensor INT8 has to hold at deployment, and the fake-INT8 pass would learn the
+    wrong ranges.) The affine weights still train."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+@contextmanager
+def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
+    """Batch statistics still normalise (train mode), but the running averages do not move."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+
+
+def consistency_loss(model: nn.Module, fake: FakeInt8Activations, x: torch.Tensor,
+                     fp32_logits: torch.Tensor) -> torch.Tensor:
+    """KL(FP32 || fake INT8) of the same batch; the FP32 side is the target, so the weights move to make the
+    INT8 pass agree with it."""
+    with fake.active(), frozen_bn_stats(model):
+        int8_logits = model(x)
+    return F.kl_div(F.log_softmax(int8_logits, 1), F.softmax(fp32_logits.detach(), 1), reduction="batchmean")

@@ -1,0 +1,154 @@
+"""pipeline.int8_aware: the fake-INT8 pass rounds every conv/linear input to its tracked range, leaves the
+FP32 pass and the batch-norm statistics alone, and `train --int8-aware` trains with it and leaves no hook."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from resnet_deploy.errors import ConfigError
+from resnet_deploy.pipeline.int8_aware import QMAX, FakeInt8Activations, consistency_loss, freeze_bn, frozen_bn_stats
+from resnet_deploy.pipeline.train import TrainSettings, train
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def small() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+
+
+def inputs_seen(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """What each Conv2d/Linear receives (hooks added after FakeInt8Activations's, so they see its output)."""
+    seen: list[torch.Tensor] = []
+    handles = [m.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+               for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    model(x)
+    for h in handles:
+        h.remove()
+    return seen
+
+
+def test_the_fake_pass_rounds_each_input_to_int8_steps_of_its_own_range():
+    model = small().eval()
+    x = torch.randn(16, 3, 8, 8)
+    fake = FakeInt8Activations(model, momentum=0.0, min_clip=1.0)  # range = the last FP32 pass's peak, no clipping
+    fp32 = inputs_seen(model, x)
+    with fake.active():
+        int8 = inputs_seen(model, x)
+    assert len(fp32) == len(int8) == 2
+    for a, b in zip(fp32, int8):
+        scale = float(a.abs().amax()) / QMAX
+        steps = b / scale
+        assert torch.allclose(steps, steps.round(), atol=1e-3)  # on the INT8 grid
+        assert steps.round().unique().numel() <= 2 * QMAX + 1
+        assert not torch.equal(a, b)
+    scale = float(fp32[0].abs().amax()) / QMAX  # the image: rounding only, as the range holds its peak
+    assert float((fp32[0] - int8[0]).abs().amax()) <= scale / 2 + 1e-6
+    assert all(torch.equal(a, b) for a, b in zip(fp32, inputs_seen(model, x)))  # off again after the block
+
+
+def test_a_narrower_clip_saturates_the_largest_inputs():
+    model = small().eval()
+    x = torch.randn(16, 3, 8, 8)
+    fake = FakeInt8Activations(model, momentum=0.0, min_clip=0.5, gen=torch.Generator().manual_seed(1))
+    peak = float(inputs_seen(model, x)[0].abs().amax())
+    with fake.active():
+        assert 0.5 <= fake.clip <= 1.0
+        clipped = inputs_seen(model, x)[0]
+    assert float(clipped.abs().amax()) == pytest.approx(peak * fake.clip, rel=1e-3)
+
+
+def test_the_int8_pass_moves_no_batch_norm_statistics():
+    model = small().train()
+    fake = FakeInt8Activations(model)
+    x = torch.randn(16, 3, 8, 8)
+    logits = model(x)
+    bn = model[1]
+    before = bn.running_mean.clone(), bn.running_var.clone()
+    loss = consistency_loss(model, fake, x, logits)
+    assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])
+    assert bn.momentum == 0.1  # restored
+    loss.backward()
+    assert model[0].weight.grad is not None and float(model[0].weight.grad.abs().sum()) > 0  # through the rounding
+    with frozen_bn_stats(model):
+        assert bn.momentum == 0.0
+
+
+def test_the_loss_measures_how_far_int8_moves_the_prediction():
+    model = small().eval()
+    fake = FakeInt8Activations(model, min_clip=1.0)
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        logits = model(x)
+        loss = float(consistency_loss(model, fake, x, logits))
+        fake.amax = {m: a / 20 for m, a in fake.amax.items()}  # ranges a twentieth of the peaks: far worse
+        worse = float(consistency_loss(model, fake, x, logits))
+    assert 0 < loss < worse / 10
+
+
+def test_settings_refuse_a_negative_weight():
+    with pytest.raises(ConfigError, match="--int8-aware"):
+        TrainSettings(int8_aware=-1.0)
+
+
+def test_it_fine_tunes_and_so_needs_a_trained_model(tmp_path):
+    from test_train import PREP, synthetic
+
+    from resnet_deploy.calibration.sources import FASHION_MNIST_CLASSES, ArraySource
+
+    images, labels = synthetic(32, seed=0)
+    with pytest.raises(ConfigError, match="--init-from"):
+        train(TrainSettings(int8_aware=1.0), ArraySource("tiny", images, labels, FASHION_MNIST_CLASSES), PREP,
+              tmp_path)
+
+
+def test_freeze_bn_keeps_running_statistics_and_trains_the_affine_weights():
+    model = small().train()
+    freeze_bn(model)
+    bn = model[1]
+    before = bn.running_mean.clone()
+    model(torch.randn(8, 3, 8, 8) * 5 + 3).sum().backward()
+    assert not bn.training and model[0].training and torch.equal(bn.running_mean, before)
+    assert bn.weight.grad is not None
+
+
+def test_training_with_it_writes_plain_weights_and_leaves_no_hook(tmp_path, monkeypatch):
+    from test_train import PREP, synthetic
+
+    from resnet_deploy.calibration.sources import FASHION_MNIST_CLASSES, ArraySource
+    from resnet_deploy.pipeline.checkpoint import load_model
+
+    images, labels = synthetic(64, seed=0)
+    hooked: list[FakeInt8Activations] = []
+    real = FakeInt8Activations.__init__
+
+    def spy(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        hooked.append(self)
+
+    monkeypatch.setattr(FakeInt8Activations, "__init__", spy)
+    source = ArraySource("tiny", images, labels, FASHION_MNIST_CLASSES)
+    start = train(TrainSettings(arch="resnet20", epochs=1, batch_size=32), source, PREP, tmp_path / "start")
+    bn = load_model(str(start.weights)).model.bn1
+    result = train(TrainSettings(arch="resnet20", epochs=1, batch_size=32, int8_aware=1.0,
+                                 init_from=str(start.weights)), source, PREP, tmp_path / "aware")
+    assert len(hooked) == 1 and len(hooked[0].amax) == 21  # the image, 19 ReLU outputs, the pooled features
+    model = load_model(str(result.weights)).model
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
+    assert torch.equal(model.bn1.running_mean, bn.running_mean)  # fine-tuned with the statistics frozen
+    assert result.history[0]["loss"] > 0
+
+
+def test_each_call_of_a_shared_relu_has_its_own_range_and_rounded_outputs_are_not_rounded_again():
+    from resnet_deploy.models.resnet import Bottleneck
+
+    torch.manual_seed(0)
+    block = Bottleneck(64, 16, se=True).eval()  # one ReLU module, called three times; SE before the add
+    fake = FakeInt8Activations(block)
+    block(torch.randn(2, 64, 4, 4))
+    assert {call for module, call in fake.amax if module is block.relu} == {0, 1, 2}
+    assert (block.se, 0) in fake.amax  # the SE-scaled branch, as it reaches the residual add
+    # conv2 and conv3 read ReLU outputs (rounded there); conv1 reads the block input; the SE's fc1 the pooled mean
+    assert {module for module, _ in fake.amax if isinstance(module, nn.Conv2d)} == {block.conv1, block.se.fc1}
