@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -114,8 +115,9 @@ def test_rebuilding_replaces_the_bundle_whole(bundle_copy, stub_target):
     """A build into an existing bundle folder swaps it; a file the old one did not write needs --force,
     then nothing of the old one lingers."""
     out = bundle_copy  # the shared bundle's openvino, onnxruntime and jetson rows
-    args = ["build", "--target", stub_target, "--out", str(out), "--eval-samples", "200", "--max-drop", "100",
-            "--fallback", "off", "--calib-samples", "20", "--latency-seconds", "0", "-q"]
+    fp32 = shutil.copy(out / "model_fp32.onnx", out.parent / "given.onnx")  # from ONNX: no PyTorch stages
+    args = ["build", "--target", stub_target, "--onnx", str(fp32), "--out", str(out), "--eval-samples", "200",
+            "--max-drop", "100", "--fallback", "off", "--calib-samples", "20", "--latency-seconds", "0", "-q"]
     assert CliRunner().invoke(main, args).exit_code == 0  # a bundle of ours alone is replaced without --force
     assert not (out / "openvino").exists() and (out / stub_target).is_dir()
     (out / "stale.txt").write_text("old")

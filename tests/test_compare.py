@@ -19,8 +19,9 @@ def run(*args):
 
 
 @pytest.fixture(scope="module")
-def badly_calibrated(tmp_path_factory, fashion_mnist) -> Path:
-    """The same model calibrated on 64 black images (one class folder each): INT8 ranges that fit nothing."""
+def badly_calibrated(tmp_path_factory, fashion_mnist, shared_bundle) -> Path:
+    """The same model (the shared bundle's ONNX: no PyTorch stages) calibrated on 64 black images (one class
+    folder each): INT8 ranges that fit nothing."""
     root = tmp_path_factory.mktemp("bad")
     for c in range(2):
         folder = root / "calib" / f"class{c}"
@@ -28,7 +29,8 @@ def badly_calibrated(tmp_path_factory, fashion_mnist) -> Path:
         for i in range(32):
             Image.fromarray(np.zeros((28, 28), np.uint8)).save(folder / f"{i}.png")
     out = root / "b"
-    result = run("build", "--target", "onnxruntime", "--eval-samples", "500", "--calib-data", root / "calib",
+    result = run("build", "--onnx", shared_bundle / "model_fp32.onnx", "--target", "onnxruntime", "--eval-samples",
+                 "500", "--calib-data", root / "calib",
                  "--calib-samples", "64", "--calib-method", "max", "--fallback", "off", "--latency-seconds", "0",
                  "--out", out, "-q")
     assert result.exit_code in (0, 4, 5), result.output  # the bundle is written whatever its own verdict
