@@ -90,4 +90,4 @@ def diagnosis(rows: Sequence[ActivationSpread]) -> str:
             "are clipped): one INT8 scale per activation tensor (all that any target's runtime offers) either clips "
             "the loud channels or rounds the quiet ones away, and no range rule or calibration set fixes that. Where "
             "keeping layers in float does not either, quantization-aware fine-tuning (`resnet-deploy train --init-from "
-            "MODEL --int8-aware 3`) or this model in float is the way.")
+            "MODEL --int8-aware 1`) or this model in float is the way.")
