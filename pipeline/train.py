@@ -62,6 +62,9 @@ class TrainSettings:
         check_int(self.threads, "--threads", lo=1, hi=THREADS_MAX, optional=True)
         if self.init_from is not None and not Path(self.init_from).is_file():
             raise CheckpointError(f"--init-from: {self.init_from} does not exist or is not a file. Check the path.")
+        if self.int8_aware and not self.init_from:
+            raise ConfigError("--int8-aware fine-tunes a trained model (its batch-norm statistics stay as they are): "
+                              "give the model's weights with --init-from.")
         if self.schedule not in ("cosine", "onecycle"):
             raise ConfigError(f"--schedule must be cosine or onecycle, got {self.schedule!r}.")
 
@@ -213,9 +216,6 @@ def train(
     if settings.int8_aware:
         if world > 1:
             raise ConfigError("--int8-aware runs in one process: start it without torchrun.")
-        if not settings.init_from:
-            raise ConfigError("--int8-aware fine-tunes a trained model (its batch-norm statistics stay as they are): "
-                              "give the model's weights with --init-from.")
         fake = FakeInt8Activations(model, gen=torch.Generator().manual_seed(settings.seed))
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
