@@ -26,7 +26,7 @@ from resnet_deploy.calibration.sources import ImageSource
 from resnet_deploy.errors import CheckpointError, ConfigError
 from resnet_deploy.models import build_model, get_arch
 from resnet_deploy.pipeline import checkpoint as ckpt
-from resnet_deploy.pipeline.int8_aware import FakeInt8Activations, consistency_loss, freeze_bn
+from resnet_deploy.pipeline.int8_aware import FakeInt8, consistency_loss, freeze_bn
 from resnet_deploy.ranges import SEED_MAX, THREADS_MAX, check_float, check_int
 
 
@@ -216,7 +216,7 @@ def train(
     if settings.int8_aware:
         if world > 1:
             raise ConfigError("--int8-aware runs in one process: start it without torchrun.")
-        fake = FakeInt8Activations(model, gen=torch.Generator().manual_seed(settings.seed))
+        fake = FakeInt8(model, gen=torch.Generator().manual_seed(settings.seed))
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
 
