@@ -28,13 +28,13 @@ QMAX = 127  # symmetric INT8, as TensorRT and the Q/DQ rows quantize activations
 _ROUNDED_OUTPUTS = (nn.ReLU, SqueezeExcite, nn.modules.batchnorm._BatchNorm, nn.Sigmoid)
 
 
-def fake_int8_weight(w: torch.Tensor) -> torch.Tensor:
+def fake_int8_weight(w: torch.Tensor, qmax: int = QMAX) -> torch.Tensor:
     """``w`` on the symmetric INT8 grid of its own output channel (dim 0), as every target quantizes weights.
     Batch-norm folding scales each output channel by one factor, which scales that channel's grid with it, so
     rounding the unfolded weight rounds the folded one the same way."""
     amax = w.detach().abs().flatten(1).amax(1).clamp_min(1e-12)
     zero = torch.zeros(len(amax), dtype=torch.int32, device=w.device)
-    return torch.fake_quantize_per_channel_affine(w, amax / QMAX, zero, 0, -QMAX, QMAX)
+    return torch.fake_quantize_per_channel_affine(w, amax / qmax, zero, 0, -qmax, qmax)
 
 
 class FakeInt8:
@@ -72,7 +72,9 @@ class FakeInt8:
         def forward(x: torch.Tensor) -> torch.Tensor:
             if not self.on:
                 return plain(x)
-            w = fake_int8_weight(layer.weight)
+            # A layer reading a signed input (the stem, an SE squeeze) gets 7-bit weights, as ONNX Runtime gives it
+            # on a CPU without VNNI (targets/onnxruntime.py); elsewhere 8 bits.
+            w = fake_int8_weight(layer.weight, QMAX if bool((x.detach() >= 0).all()) else QMAX // 2)
             if isinstance(layer, nn.Conv2d):
                 return layer._conv_forward(x, w, layer.bias)
             return F.linear(x, w, layer.bias)

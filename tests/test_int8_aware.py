@@ -170,12 +170,17 @@ def test_the_fake_pass_rounds_each_weight_to_its_output_channels_int8_grid_and_t
     with fake.active():
         int8 = conv(x)
     w = conv.weight.detach()
-    scale = w.abs().flatten(1).amax(1).view(-1, 1, 1, 1) / QMAX
+    scale = w.abs().flatten(1).amax(1).view(-1, 1, 1, 1) / (QMAX // 2)
     expected = nn.functional.conv2d(x, (w / scale).round() * scale)  # the input: range still 0, not rounded
     assert torch.allclose(int8, expected, atol=1e-5) and not torch.allclose(int8, fp32, atol=1e-4)
     with fake.active():
         conv(x).sum().backward()  # straight through the rounding
     assert conv.weight.grad is not None and float(conv.weight.grad.abs().sum()) > 0
+    with fake.active():
+        positive = conv(x.abs())  # an unsigned input keeps 8 bits; the signed one above got 7, as ORT gives it
+    scale = w.abs().flatten(1).amax(1).view(-1, 1, 1, 1) / QMAX
+    expected = nn.functional.conv2d(x.abs(), (w / scale).round() * scale)
+    assert torch.allclose(positive, expected, atol=1e-5)
     fake.remove()
     assert torch.equal(conv(x), fp32)
 
