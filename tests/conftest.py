@@ -65,9 +65,12 @@ NO_TORCH = ("import runpy, sys\n"
             "try:\n    runpy.run_module('resnet_deploy', run_name='__main__')\n"
             "finally:\n    print('torch imported:', 'torch' in sys.modules, file=sys.stderr)\n")
 
+# Its gate is 2 points, not the default 1: on 500 images Newcombe's interval of a 0.6-point drop made of 3 changed
+# answers is +-1.03 points, and the integer kernels of a host with VNNI (AVX-512) and of one without change one or
+# two answers: at 1 point the same code built PASSED on one host and UNVERIFIED on the other.
 SHARED_BUILD = ("--target", "openvino", "--target", "onnxruntime", "--target", "jetson", "--device", "xavier-nx",
                 "--eval-samples", "500", "--calib-samples", "100", "--latency-seconds", "0.05", "--fallback", "off",
-                "--calib-method", "openvino=mean_max,onnxruntime=max,jetson=max")
+                "--calib-method", "openvino=mean_max,onnxruntime=max,jetson=max", "--max-drop", "2")
 
 
 @pytest.fixture(scope="session")
