@@ -6,7 +6,8 @@ Settings chosen by measurement (figures: benchmarks/results/README.md, "targets/
 - One static-shape model compiled per batch size (the IR keeps a free batch): dynamic was never faster.
 - NNCF's performance preset and first-layer overflow fix, bias correction off (the fast one cost ResNet-20 2.4 points
   of agreement), ``--calib-method auto``: ResNet-20 needs "max"/"histogram", an SE-ResNeXt with rare outlier images
-  NNCF's "mean_max" (figures: benchmarks/results/int8_agreement_cifar.md).
+  NNCF's "mean_max", the CIFAR SE-ResNeXt-50 after ``train --int8-aware`` "qdq", the TensorRT target's explicit
+  Q/DQ graph read by OpenVINO (figures: benchmarks/results/int8_agreement_cifar.md).
 - Threads: all cores (the plugin's default) unless ``threads`` says otherwise.
 - Throughput (validation passes, ``bench --hint throughput``): as ``benchmark_app -hint throughput`` runs it,
   the hint's streams and its optimal number of requests in an ``AsyncInferQueue``, one image each.
@@ -137,7 +138,12 @@ class OvThroughputRunner:
 # --calib-method: NNCF's activation range estimators by our names. NNCF's default for per-tensor activations is
 # the mean over images of each image's min/max ("mean_max"), which clips an outlier that only some images reach.
 # Their order is the preference among equal scores under "auto".
-CALIB_METHODS = ("mean_max", "max", "quantile", "histogram")
+# "qdq" is not NNCF's: the explicit Q/DQ ONNX of the TensorRT target (``calibration.qdq``: symmetric INT8, per-tensor
+# activations on conv inputs and residual shortcuts, the best of its max/percentile/entropy/mse ranges), which
+# OpenVINO's ONNX frontend reads as FakeQuantize and its CPU plugin runs in INT8. It places fewer quantizers than
+# NNCF (none on the SE block's Mul or on plain Adds): on the CIFAR SE-ResNeXt-50 it agreed where NNCF's did not.
+CALIB_METHODS = ("mean_max", "max", "quantile", "histogram", "qdq")
+QDQ_METHOD = "qdq"
 NNCF_DEFAULT_METHOD = "mean_max"
 DEFAULT_CALIB_METHOD = AUTO_METHOD  # see the module docstring
 BIAS_CORRECTIONS = ("none", "fast", "full")
@@ -209,22 +215,66 @@ def nncf_quantize(fp32_xml: Path, out: Path, calibration: np.ndarray, *, preset:
             **({"float_layers": list(float_layers), "ignored_scope": ignored} if float_layers else {})}
 
 
+def qdq_quantize(fp32_onnx: Path, out: Path, calibration: np.ndarray, *,
+                 float_layers: Sequence[str] = ()) -> dict[str, Any]:
+    """The TensorRT target's explicit Q/DQ ONNX of ``fp32_onnx`` (ranges by its "auto" rule), converted to an IR at
+    ``out``: OpenVINO turns each Q/DQ pair into a FakeQuantize and runs the quantized convolutions in INT8.
+    ``float_layers``: ONNX node names left without Q/DQ, as in ``calibration.qdq.keep_float``."""
+    import tempfile
+
+    import onnx
+    import openvino as ov
+
+    from resnet_deploy.calibration.qdq import int8_weights, make_qdq_onnx, quantizable_layers
+    from resnet_deploy.targets import onnx_session
+
+    # A layer the Q/DQ plan does not quantize (an SE block's Mul, say) is float there already.
+    known = set(quantizable_layers(onnx.load(str(fp32_onnx), load_external_data=False).graph))
+    float_layers = [name for name in float_layers if name in known]
+    with tempfile.TemporaryDirectory(prefix="resnet-deploy-qdq-") as work:
+        qdq = make_qdq_onnx(fp32_onnx, Path(work) / "model_qdq.onnx", calibration, session=onnx_session,
+                            float_layers=float_layers)
+        model = onnx.load(str(qdq.path))
+        int8_weights(model)  # INT8 weights in the IR's .bin, not FP32 ones behind a FakeQuantize
+        onnx.save(model, str(qdq.path))
+        ov.save_model(ov.convert_model(str(qdq.path)), str(out), compress_to_fp16=False)
+    return {"tool": f"openvino {ov.get_version().split('-')[0]} (ONNX Q/DQ)",
+            "format": "QDQ (TensorRT's placement), read as FakeQuantize", "calib_method": QDQ_METHOD,
+            "activations": "int8 symmetric per-tensor", "weights": "int8 symmetric per-channel",
+            "amax_method": qdq.method, **({"amax_candidates": qdq.candidates} if qdq.candidates else {}),
+            "quantized_activations": len(qdq.activations), "quantized_weights": len(qdq.weights),
+            "calibration_images": len(calibration),
+            **({"float_layers": list(float_layers)} if float_layers else {})}
+
+
+def _quantize_one(fp32_xml: Path, fp32_onnx: Path | None, out: Path, calibration: np.ndarray, *, method: str,
+                  float_layers: Sequence[str]) -> dict[str, Any]:
+    if method == QDQ_METHOD:
+        if fp32_onnx is None:
+            raise ValueError("the qdq method needs the FP32 ONNX the IR was converted from")
+        return qdq_quantize(fp32_onnx, out, calibration, float_layers=float_layers)
+    return nncf_quantize(fp32_xml, out, calibration, method=method, float_layers=float_layers)
+
+
 def quantize_int8(fp32_xml: Path, out: Path, calibration: np.ndarray, *, method: str,
-                  float_layers: Sequence[str] = ()) -> dict[str, Any]:
-    """``nncf_quantize`` with one of ``CALIB_METHODS``, or with each ("auto"), keeping the IR that agrees best
-    with FP32 on the calibration images."""
+                  float_layers: Sequence[str] = (), fp32_onnx: Path | None = None) -> dict[str, Any]:
+    """``nncf_quantize`` (or ``qdq_quantize`` of ``fp32_onnx``) with one of ``CALIB_METHODS``, or with each
+    ("auto"; "qdq" only when ``fp32_onnx`` is given), keeping the IR that agrees best with FP32 on the
+    calibration images."""
     if method != AUTO_METHOD:
-        return nncf_quantize(fp32_xml, out, calibration, method=method, float_layers=float_layers)
+        return _quantize_one(fp32_xml, fp32_onnx, out, calibration, method=method, float_layers=float_layers)
+    methods = tuple(m for m in CALIB_METHODS if m != QDQ_METHOD or fp32_onnx is not None)
     check = calibration[:AGREEMENT_IMAGES]
     reference = predictions(OvRunner(fp32_xml).run, check)
     scores: dict[str, float] = {}
     settings: dict[str, dict[str, Any]] = {}
-    for name in CALIB_METHODS:
+    for name in methods:
         candidate = out.with_name(f"{out.stem}.{name}.xml")
-        settings[name] = nncf_quantize(fp32_xml, candidate, calibration, method=name, float_layers=float_layers)
+        settings[name] = _quantize_one(fp32_xml, fp32_onnx, candidate, calibration, method=name,
+                                       float_layers=float_layers)
         scores[name] = agreement(reference, OvRunner(candidate).run, check)
-    chosen = best(scores, CALIB_METHODS)
-    for name in CALIB_METHODS:
+    chosen = best(scores, methods)
+    for name in methods:
         for suffix in (".xml", ".bin"):
             candidate = out.with_name(f"{out.stem}.{name}{suffix}")
             if name == chosen:
@@ -232,7 +282,8 @@ def quantize_int8(fp32_xml: Path, out: Path, calibration: np.ndarray, *, method:
             else:
                 candidate.unlink(missing_ok=True)
     return {**settings[chosen], "calib_method": AUTO_METHOD, "calib_method_chosen": chosen,
-            "calib_method_candidates": scores, "activations_range_estimator": _ESTIMATORS[chosen]}
+            "calib_method_candidates": scores,
+            **({"activations_range_estimator": _ESTIMATORS[chosen]} if chosen in _ESTIMATORS else {})}
 
 
 RUNTIME = Runtime("openvino", "openvino", "pip install openvino", preference=200, packages=("openvino", "nncf"),
@@ -242,7 +293,7 @@ RUNTIME = Runtime("openvino", "openvino", "pip install openvino", preference=200
 class OpenVINOTarget(Target):
     name = "openvino"
     aliases = ("cpu", "ov")
-    summary = "OpenVINO CPU: FP32 IR and NNCF post-training INT8 IR"
+    summary = "OpenVINO CPU: FP32 IR and INT8 IR (NNCF post-training, or the explicit Q/DQ graph)"
     runtimes = (RUNTIME,)
     build_requires: ClassVar[Mapping[str, str]] = {"openvino": "openvino", "nncf": "nncf"}
     options = OvFlags
@@ -264,7 +315,7 @@ class OpenVINOTarget(Target):
         ov.save_model(ov.convert_model(str(inp.fp32_onnx)), str(fp32), compress_to_fp16=False)
         int8 = folder / "model_int8.xml"
         settings = quantize_int8(fp32, int8, inp.calibration, method=opts.calib_method or DEFAULT_CALIB_METHOD,
-                                 float_layers=inp.float_layers)
+                                 float_layers=inp.float_layers, fp32_onnx=inp.fp32_onnx)
         return [
             Artifact(self.name, "fp32", str(fp32.relative_to(bundle)), RUNTIME.name,
                      files=(str(fp32.with_suffix(".bin").relative_to(bundle)),)),

@@ -58,7 +58,7 @@ AUTO = {
     "onnxruntime": ("calibrate_method_candidates", {"max", "mean_max", "percentile", "entropy"},
                     ["model_int8.onnx"]),
     # the contract test compiles openvino with one rule (four NNCF runs cost it 15 s): auto is checked here
-    "openvino": ("calib_method_candidates", {"mean_max", "max", "quantile", "histogram"},
+    "openvino": ("calib_method_candidates", {"mean_max", "max", "quantile", "histogram", "qdq"},
                  ["model_fp32.bin", "model_fp32.xml", "model_int8.bin", "model_int8.xml"]),
 }
 
@@ -180,3 +180,30 @@ def test_histogram_rules_see_only_the_images_their_memory_budget_holds(tmp_path,
     assert ort_target.histogram_images(model, 10) == 10
     monkeypatch.setattr(ort_target, "HISTOGRAM_BUDGET_BYTES", 1)
     assert ort_target.histogram_images(model, 300) == ort_target.MIN_HISTOGRAM_IMAGES
+
+
+def test_openvino_qdq_reads_the_explicit_qdq_graph_with_int8_weights(fashion_mnist, tmp_path):
+    """--calib-method openvino=qdq: the TensorRT target's Q/DQ ONNX, converted to an IR whose weights are INT8 and
+    whose activations pass FakeQuantize; a float layer the Q/DQ plan does not quantize is simply skipped."""
+    target = get_target("openvino")
+    if target.missing():
+        pytest.skip(f"--target openvino needs {', '.join(target.missing())} to build")
+    import openvino as ov
+
+    x, y = tiny.images(96)
+    fp32 = tiny.write(tmp_path / "model_fp32.onnx", x, y)
+    arts = target.compile(CompileInput(fp32, x, tiny.PREP, target.parse_options({"calib_method": "qdq"})), tmp_path)
+    q = arts[1].details["quantization"]
+    assert q["calib_method"] == "qdq" and q["quantized_weights"] > 0 and "amax_method" in q
+    ir = ov.Core().read_model(str(tmp_path / arts[1].path))
+    ops = [op.get_type_name() for op in ir.get_ordered_ops()]
+    assert "FakeQuantize" in ops
+    consts = [op for op in ir.get_ordered_ops() if op.get_type_name() == "Constant"]
+    assert any(c.get_element_type() == ov.Type.i8 for c in consts), "weights stored as INT8"
+    runner = target.load(arts[1], tmp_path)
+    fp32_top1 = target.load(arts[0], tmp_path).run(x).argmax(1)
+    assert (runner.run(x).argmax(1) == fp32_top1).mean() >= 0.9
+    from resnet_deploy.targets.openvino import qdq_quantize
+
+    again = qdq_quantize(fp32, tmp_path / "again.xml", x, float_layers=["no/such/layer"])
+    assert "float_layers" not in again

@@ -337,3 +337,20 @@ def test_auto_rule_keeps_the_candidate_that_agrees_best_on_calibration_images(tm
     assert result.calibration_agreement == max(result.candidates.values())
     assert result.method in result.candidates
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32.onnx", "qdq.onnx"]
+
+
+def test_int8_weights_fold_the_weight_quantizers_and_compute_the_same(quantized, tmp_path):
+    _, result, _, calib = quantized
+    model = onnx.load(str(result.path))
+    folded = qdq.int8_weights(model)
+    assert folded == len(result.weights)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear":  # only activations are quantized at run time now
+            assert node.input[0] not in inits
+        if node.op_type == "DequantizeLinear" and node.input[0] not in producer:
+            assert inits[node.input[0]].dtype == np.int8
+    assert not any(name in inits for name in result.weights), "the FP32 weights are gone"
+    onnx.save(model, str(tmp_path / "w8.onnx"))
+    np.testing.assert_allclose(run_onnx(tmp_path / "w8.onnx", calib), run_onnx(result.path, calib), rtol=0, atol=1e-5)
