@@ -7,7 +7,8 @@ Settings chosen by measurement (figures: benchmarks/results/README.md, "targets/
 - NNCF's performance preset and first-layer overflow fix, bias correction off (the fast one cost ResNet-20 2.4 points
   of agreement), ``--calib-method auto``: ResNet-20 needs "max"/"histogram", an SE-ResNeXt with rare outlier images
   NNCF's "mean_max", the CIFAR SE-ResNeXt-50 after ``train --int8-aware`` "qdq", the TensorRT target's explicit
-  Q/DQ graph read by OpenVINO (figures: benchmarks/results/int8_agreement_cifar.md).
+  Q/DQ graph read by OpenVINO, which it must name: "auto", scoring on the calibration images themselves, keeps
+  "max" there (figures: benchmarks/results/int8_agreement_cifar.md).
 - Threads: all cores (the plugin's default) unless ``threads`` says otherwise.
 - Throughput (validation passes, ``bench --hint throughput``): as ``benchmark_app -hint throughput`` runs it,
   the hint's streams and its optimal number of requests in an ``AsyncInferQueue``, one image each.
