@@ -1,4 +1,5 @@
-"""OpenVINO on CPU: ONNX converted to IR; INT8 by NNCF, OpenVINO's own post-training quantizer.
+"""OpenVINO on CPU: ONNX converted to IR; INT8 by NNCF, OpenVINO's own post-training quantizer, or read from the
+TensorRT target's Q/DQ graph ("qdq").
 
 Settings chosen by measurement (figures: benchmarks/results/README.md, "targets/openvino.py"):
 - ``INFERENCE_PRECISION_HINT=f32`` (FP32 and INT8): else bf16 on AVX512-BF16/AMX changed predictions.
