@@ -142,8 +142,8 @@ class OvThroughputRunner:
 # Their order is the preference among equal scores under "auto".
 # "qdq" is not NNCF's: the explicit Q/DQ ONNX of the TensorRT target (``calibration.qdq``: symmetric INT8, per-tensor
 # activations on conv inputs and residual shortcuts, the best of its max/percentile/entropy/mse ranges), which
-# OpenVINO's ONNX frontend reads as FakeQuantize and its CPU plugin runs in INT8. It places fewer quantizers than
-# NNCF (none on the SE block's Mul or on plain Adds): on the CIFAR SE-ResNeXt-50 it agreed where NNCF's did not.
+# OpenVINO's ONNX frontend reads as FakeQuantize and its CPU plugin runs in INT8. Unlike NNCF it puts none on the SE
+# block's Mul, and clips by squared error: on the CIFAR SE-ResNeXt-50 it agreed where NNCF's did not.
 CALIB_METHODS = ("mean_max", "max", "quantile", "histogram", "qdq")
 QDQ_METHOD = "qdq"
 NNCF_DEFAULT_METHOD = "mean_max"
