@@ -39,14 +39,19 @@ def fast(shared_bundle) -> list[str]:
 
 
 @pytest.fixture(autouse=True)
-def sigint_not_ignored():
-    """A child inherits an ignored SIGINT (and Python then installs no KeyboardInterrupt handler): under
-    pytest-xdist the worker may ignore it, so give the children what an interactive shell gives them."""
-    before = signal.getsignal(signal.SIGINT)
-    if before == signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+def signals_not_ignored():
+    """A child inherits an ignored SIGINT or SIGTERM, and the CLI then keeps it ignored, as it should under
+    ``nohup``. Under pytest-xdist the worker may ignore SIGINT, and a CI runner may start the whole suite with
+    SIGTERM ignored (a SIGTERM test then saw a bench run to its end and exit 0), so give the children what an
+    interactive shell gives them."""
+    wanted = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    before = {s: signal.getsignal(s) for s in wanted}
+    for s, handler in wanted.items():
+        if before[s] == signal.SIG_IGN:
+            signal.signal(s, handler)
     yield
-    signal.signal(signal.SIGINT, before)
+    for s, handler in before.items():
+        signal.signal(s, handler)
 
 
 def cli(*args, env=None, **kwargs) -> subprocess.CompletedProcess:
