@@ -1,7 +1,10 @@
-"""Top-1 agreement of a quantized model with its FP32 original on calibration images.
+"""Top-1 agreement of a quantized model with its FP32 original, on images from the calibration source.
 
 How every target's ``auto`` calibration method chooses among its rules: by what a user sees (changed
-predictions), on calibration images only, never on the evaluation images that give the verdict.
+predictions), never on the evaluation images that give the verdict. The images are the held-out ones
+(``CompileInput.check``) where the build drew them: ranges scored on the very images they were computed
+from favour the rules that fit those images tightest (NNCF's max kept 99.0 % there and 97.4 % on test
+images, against 98.3 % and 99.1 % for the Q/DQ graph). Without them, the first calibration images.
 """
 
 from __future__ import annotations
@@ -10,8 +13,20 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-AGREEMENT_IMAGES = 300  # calibration images an ``auto`` choice is scored on
+AGREEMENT_IMAGES = 300  # calibration images an ``auto`` choice is scored on when no held-out images are given
 _CHUNK = 64
+
+
+def scoring_images(calibration: np.ndarray, check: np.ndarray | None) -> np.ndarray:
+    """The images an ``auto`` choice is scored on: ``check`` (held-out) when given, else calibration images."""
+    return check if check is not None and len(check) else calibration[:AGREEMENT_IMAGES]
+
+
+def scored_on(calibration: np.ndarray, check: np.ndarray | None) -> str:
+    """What ``scoring_images`` chose, in words, for the reports."""
+    if check is not None and len(check):
+        return f"{len(check)} held-out calibration-source images"
+    return f"{min(len(calibration), AGREEMENT_IMAGES)} calibration images"
 
 
 def predictions(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ from resnet_deploy.calibration.activation_ranges import (
     activation_amax_by_method,
     float_tensors,
 )
+from resnet_deploy.calibration.agreement import scored_on, scoring_images
 from resnet_deploy.errors import ConfigError, VerificationError
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
@@ -34,7 +35,6 @@ WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 # kernels need multiples of 16, so such a layer (a 10-class classifier) costs reformatting, not saves it.
 MIN_GEMM_DIM = 16
 MIN_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear
-AGREEMENT_IMAGES = 300  # calibration images the "auto" rule and the recorded agreement use
 AUTO = "auto"  # try every amax rule, keep the one whose Q/DQ model agrees best with FP32
 # Preference among equally good rules: mse weighs clipping against step size tensor by tensor; percentile is
 # robust to outliers without entropy's occasional over-clipping; max clips nothing.
@@ -55,9 +55,10 @@ class QdqResult:
     weights: tuple[str, ...]
     method: str
     calibration_images: int
-    calibration_agreement: float | None  # top-1 agreement with FP32 on (up to 300) calibration images
+    calibration_agreement: float | None  # top-1 agreement with FP32 on the images ``scored_on`` names
     candidates: dict[str, float] | None = None  # rule -> agreement, when "auto" chose among them
     float_layers: tuple[str, ...] = ()  # ONNX node names left without Q/DQ
+    scored_on: str = ""  # the images of ``calibration_agreement`` and ``candidates``, in words
 
     def to_dict(self) -> dict:
         return {"format": "QDQ (explicit quantization)", "activations": "int8 symmetric per-tensor",
@@ -65,6 +66,7 @@ class QdqResult:
                 "quantized_activations": len(self.activations), "quantized_weights": len(self.weights),
                 "calibration_images": self.calibration_images, "calibration_agreement": self.calibration_agreement,
                 **({"amax_candidates": self.candidates} if self.candidates else {}),
+                **({"agreement_scored_on": self.scored_on} if self.scored_on else {}),
                 **({"float_layers": list(self.float_layers)} if self.float_layers else {})}
 
 
@@ -79,11 +81,12 @@ class QdqPlan:
 
 def make_qdq_onnx(fp32_onnx: Path, out: Path, calibration: np.ndarray, *, session: SessionFactory,
                   method: str = AUTO, amax: dict[str, float] | None = None,
-                  float_layers: Sequence[str] = ()) -> QdqResult:
+                  float_layers: Sequence[str] = (), check: np.ndarray | None = None) -> QdqResult:
     """Write the Q/DQ model of ``fp32_onnx`` to ``out``; activation ranges from ``calibration`` (float32 NCHW).
 
-    ``method``: "auto" (every rule, the best agreement with FP32 on the calibration images wins), or one
-    of max/percentile/entropy/mse. ``amax`` skips calibration when the ranges are already known.
+    ``method``: "auto" (every rule, the best agreement with FP32 on ``check`` wins: held-out images, or
+    without them the calibration images), or one of max/percentile/entropy/mse. ``amax`` skips calibration
+    when the ranges are already known.
     ``float_layers``: ONNX node names left in float (no Q/DQ on their weights nor on their activation input).
     """
     import onnx
@@ -105,7 +108,8 @@ def make_qdq_onnx(fp32_onnx: Path, out: Path, calibration: np.ndarray, *, sessio
         missing = [t for t in plan.activations if t not in table]
         if missing:
             raise ConfigError(f"no activation range for {', '.join(missing[:3])}: calibrate with this model.")
-    check = calibration[:AGREEMENT_IMAGES]
+    where = scored_on(calibration, check)
+    check = scoring_images(calibration, check)
     scored: dict[str, float] = {}
     best: tuple[float, int, str] | None = None
     for name, table in ranges.items():
@@ -124,7 +128,8 @@ def make_qdq_onnx(fp32_onnx: Path, out: Path, calibration: np.ndarray, *, sessio
     out.with_name(f"{out.stem}.{chosen}{out.suffix}").replace(out)
     agreement = scored[chosen] if len(check) else None
     return QdqResult(out, dict(ranges[chosen]), tuple(plan.activations), tuple(plan.weights), chosen,
-                     len(calibration), agreement, scored if len(ranges) > 1 else None, tuple(float_layers))
+                     len(calibration), agreement, scored if len(ranges) > 1 else None, tuple(float_layers),
+                     where if len(check) else "")
 
 
 # Activation statistics are the slow part of a Q/DQ build, and the fallback rebuilds the same model from the

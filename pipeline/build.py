@@ -462,7 +462,7 @@ def fallback_for(s: BuildSettings, converted: Converted, data: Data, baseline: B
 def compile_stage(target: Target, options: Any, converted: Converted, data: Data, num_classes: int,
                   staging: Path, ui: Ui, fb: Fallback) -> list[Artifact]:
     ui.info(f"compile: {target.name} ({target.summary})")
-    inp = CompileInput(converted.onnx, fb.calibration, data.prep, options)
+    inp = CompileInput(converted.onnx, fb.calibration, data.prep, options, check=fb.scoring_images)
     # Quantizers draw their own progress bars on stdout; keep stdout for results (--json).
     with contextlib.ExitStack() as stack:
         sink = stack.enter_context(open(os.devnull, "w")) if ui.quiet else sys.stderr

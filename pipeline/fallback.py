@@ -103,6 +103,12 @@ class Fallback:
         self.sensitivity: Sensitivity | None = None
         self._fp32: np.ndarray | None = None
 
+    @property
+    def scoring_images(self) -> np.ndarray | None:
+        """The held-out images, for a target's ``auto`` choice to be scored on (``CompileInput.check``), or None
+        when there are too few to check anything."""
+        return self.held_out if len(self.held_out) >= MIN_HELD_OUT else None
+
     # --- the loop ------------------------------------------------------------------------------------
 
     def compile(self, target: Target, inp: CompileInput, bundle: Path) -> list[Artifact]:

@@ -93,6 +93,9 @@ class CompileInput:
     preprocessing: Preprocessing
     options: Any = None  # the target's own parsed options (``Target.parse_options``)
     float_layers: tuple[str, ...] = ()  # ONNX node names to keep in float (``Target.float_layers``)
+    # Calibration-source images the ranges never see, for an ``auto`` choice to be scored on
+    # (``calibration.agreement.scoring_images``); None: the first calibration images.
+    check: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from resnet_deploy.calibration.agreement import AGREEMENT_IMAGES, agreement, best, predictions
+from resnet_deploy.calibration.agreement import agreement, best, predictions, scored_on, scoring_images
 from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.errors import DependencyError, VerificationError
 from resnet_deploy.host import has_vnni, usable_cores
@@ -121,6 +121,10 @@ class _Reader:
 # Their order is the preference among equal scores under "auto".
 CALIB_METHODS = {"max": "MinMax", "percentile": "Percentile", "mean_max": "MinMax", "entropy": "Entropy"}
 _CALIB_EXTRA: dict[str, dict[str, Any]] = {"mean_max": {"CalibMovingAverage": True}}
+# "qdq": not ONNX Runtime's quantizer but the TensorRT target's explicit Q/DQ graph, in uint8 for ORT's kernels
+# (``qdq_quantize``). Last among equals: ORT's own quantizer is what its users expect.
+QDQ_METHOD = "qdq"
+METHODS = (*CALIB_METHODS, QDQ_METHOD)
 DEFAULT_CALIB_METHOD = AUTO_METHOD  # see the module docstring
 
 
@@ -320,32 +324,73 @@ def histogram_images(fp32: Path, available: int) -> int:
     return min(available, max(MIN_HISTOGRAM_IMAGES, fits))
 
 
-def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, *, method: str,
-                  float_layers: Sequence[str] = ()) -> dict[str, Any]:
-    """``quantize_static_qdq`` with one of ``CALIB_METHODS``, or with each ("auto"), keeping the one whose model
-    agrees best with FP32 on the calibration images."""
-    def images(name: str) -> np.ndarray:
-        return calibration[:histogram_images(fp32, len(calibration))] if name in HISTOGRAM_METHODS else calibration
+def qdq_quantize(fp32: Path, out: Path, calibration: np.ndarray, *, float_layers: Sequence[str] = (),
+                 check: np.ndarray | None = None, seven_bit: bool | None = None) -> dict[str, Any]:
+    """The TensorRT target's explicit Q/DQ graph of ``fp32`` (ranges by its "auto" rule, scored on ``check``) with
+    uint8 activations and quantized conv outputs, so that ONNX Runtime fuses QLinearConv
+    (``calibration/qdq_uint8.py``), INT8 weights folded. ``seven_bit``: None, as ``quantize_static_qdq``
+    (7-bit weights on signed-input layers without VNNI). ``float_layers`` the plan does not quantize are
+    float there already."""
+    import tempfile
 
+    import onnx
+
+    from resnet_deploy.calibration.qdq import int8_weights, make_qdq_onnx, quantizable_layers
+    from resnet_deploy.calibration.qdq_uint8 import for_onnxruntime
+    from resnet_deploy.targets import onnx_session
+
+    known = set(quantizable_layers(onnx.load(str(fp32), load_external_data=False).graph))
+    float_layers = [name for name in float_layers if name in known]
+    narrow = not has_vnni() if seven_bit is None else seven_bit
+    with tempfile.TemporaryDirectory(prefix="resnet-deploy-qdq-") as work:
+        qdq = make_qdq_onnx(fp32, Path(work) / "model_qdq.onnx", calibration, session=onnx_session,
+                            float_layers=float_layers, check=check)
+        model = onnx.load(str(qdq.path))
+    changed = for_onnxruntime(model, qdq.amax, seven_bit=narrow)
+    int8_weights(model)
+    onnx.save(model, str(out))
+    return {"format": "QDQ (TensorRT's placement, uint8 activations, quantized conv outputs)",
+            "activations": "uint8 per-tensor (zero point 0 after a Relu, 128 elsewhere)", "weights": "int8",
+            "per_channel": True, "reduce_range": bool(changed["seven_bit_weights"]), "calib_method": QDQ_METHOD,
+            "amax_method": qdq.method, **({"amax_candidates": qdq.candidates} if qdq.candidates else {}),
+            "quantized_activations": len(qdq.activations) + changed["conv_outputs_quantized"],
+            "quantized_weights": len(qdq.weights), **changed, "calibration_images": len(calibration),
+            **({"float_layers": list(float_layers)} if float_layers else {})}
+
+
+def _quantize_one(fp32: Path, out: Path, calibration: np.ndarray, *, method: str, float_layers: Sequence[str],
+                  check: np.ndarray | None) -> dict[str, Any]:
+    if method == QDQ_METHOD:
+        return qdq_quantize(fp32, out, calibration, float_layers=float_layers, check=check)
+    if method in HISTOGRAM_METHODS:
+        calibration = calibration[:histogram_images(fp32, len(calibration))]
+    return quantize_static_qdq(fp32, out, calibration, method=method, float_layers=float_layers)
+
+
+def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, *, method: str,
+                  float_layers: Sequence[str] = (), check: np.ndarray | None = None) -> dict[str, Any]:
+    """``quantize_static_qdq`` with one of ``CALIB_METHODS`` (or ``qdq_quantize``), or with each ("auto"), keeping
+    the one whose model agrees best with FP32 on ``check`` (held-out images; None: the calibration images)."""
     if method != AUTO_METHOD:
-        return quantize_static_qdq(fp32, out, images(method), method=method, float_layers=float_layers)
-    check = calibration[:AGREEMENT_IMAGES]
-    reference = predictions(OrtRunner(fp32, threads=None).run, check)
+        return _quantize_one(fp32, out, calibration, method=method, float_layers=float_layers, check=check)
+    scoring = scoring_images(calibration, check)
+    reference = predictions(OrtRunner(fp32, threads=None).run, scoring)
     scores: dict[str, float] = {}
     settings: dict[str, dict[str, Any]] = {}
-    for name in CALIB_METHODS:
+    for name in METHODS:
         candidate = out.with_name(f"{out.stem}.{name}{out.suffix}")
-        settings[name] = quantize_static_qdq(fp32, candidate, images(name), method=name, float_layers=float_layers)
-        scores[name] = agreement(reference, OrtRunner(candidate).run, check)
-    chosen = best(scores, tuple(CALIB_METHODS))
-    for name in CALIB_METHODS:
+        settings[name] = _quantize_one(fp32, candidate, calibration, method=name, float_layers=float_layers,
+                                       check=check)
+        scores[name] = agreement(reference, OrtRunner(candidate).run, scoring)
+    chosen = best(scores, METHODS)
+    for name in METHODS:
         candidate = out.with_name(f"{out.stem}.{name}{out.suffix}")
         if name == chosen:
             candidate.replace(out)
         else:
             candidate.unlink(missing_ok=True)
     return {**settings[chosen], "calib_method": AUTO_METHOD, "calib_method_chosen": chosen,
-            "calibrate_method_candidates": scores}
+            "calibrate_method_candidates": scores, "candidates_scored_on": scored_on(calibration, check)}
 
 
 class OnnxRuntimeTarget(Target):
@@ -358,7 +403,7 @@ class OnnxRuntimeTarget(Target):
     float_layers = True  # nodes_to_exclude (see ``excluded_nodes``)
 
     def parse_options(self, raw: Mapping[str, Any]) -> OrtFlags:
-        method = calib_method(raw.get("calib_method"), target=self.name, methods=tuple(CALIB_METHODS),
+        method = calib_method(raw.get("calib_method"), target=self.name, methods=METHODS,
                               default=DEFAULT_CALIB_METHOD)
         return OrtFlags(calib_method=method)
 
@@ -373,7 +418,7 @@ class OnnxRuntimeTarget(Target):
         # else the FP32 row is the bundle's own model_fp32.onnx: the same bytes are not stored twice
         int8 = folder / "model_int8.onnx"
         settings = quantize_int8(fp32, int8, inp.calibration, method=opts.calib_method or DEFAULT_CALIB_METHOD,
-                                 float_layers=inp.float_layers)
+                                 float_layers=inp.float_layers, check=inp.check)
         return [
             Artifact(self.name, "fp32", str(fp32.resolve().relative_to(bundle.resolve())), RUNTIME.name),
             Artifact(self.name, "int8", str(int8.relative_to(bundle)), RUNTIME.name,

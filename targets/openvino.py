@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from resnet_deploy.calibration.agreement import AGREEMENT_IMAGES, agreement, best, predictions
+from resnet_deploy.calibration.agreement import agreement, best, predictions, scored_on, scoring_images
 from resnet_deploy.calibration.preprocess import Preprocessing
 from resnet_deploy.errors import DependencyError, VerificationError
 from resnet_deploy.targets.base import (
@@ -218,9 +218,10 @@ def nncf_quantize(fp32_xml: Path, out: Path, calibration: np.ndarray, *, preset:
 
 
 def qdq_quantize(fp32_onnx: Path, out: Path, calibration: np.ndarray, *,
-                 float_layers: Sequence[str] = ()) -> dict[str, Any]:
-    """The TensorRT target's explicit Q/DQ ONNX of ``fp32_onnx`` (ranges by its "auto" rule), converted to an IR at
-    ``out``: OpenVINO turns each Q/DQ pair into a FakeQuantize and runs the quantized convolutions in INT8.
+                 float_layers: Sequence[str] = (), check: np.ndarray | None = None) -> dict[str, Any]:
+    """The TensorRT target's explicit Q/DQ ONNX of ``fp32_onnx`` (ranges by its "auto" rule, scored on ``check``),
+    converted to an IR at ``out``: OpenVINO turns each Q/DQ pair into a FakeQuantize and runs the quantized
+    convolutions in INT8.
     ``float_layers``: ONNX node names left without Q/DQ, as in ``calibration.qdq.keep_float``."""
     import tempfile
 
@@ -235,7 +236,7 @@ def qdq_quantize(fp32_onnx: Path, out: Path, calibration: np.ndarray, *,
     float_layers = [name for name in float_layers if name in known]
     with tempfile.TemporaryDirectory(prefix="resnet-deploy-qdq-") as work:
         qdq = make_qdq_onnx(fp32_onnx, Path(work) / "model_qdq.onnx", calibration, session=onnx_session,
-                            float_layers=float_layers)
+                            float_layers=float_layers, check=check)
         model = onnx.load(str(qdq.path))
         int8_weights(model)  # INT8 weights in the IR's .bin, not FP32 ones behind a FakeQuantize
         onnx.save(model, str(qdq.path))
@@ -250,31 +251,33 @@ def qdq_quantize(fp32_onnx: Path, out: Path, calibration: np.ndarray, *,
 
 
 def _quantize_one(fp32_xml: Path, fp32_onnx: Path | None, out: Path, calibration: np.ndarray, *, method: str,
-                  float_layers: Sequence[str]) -> dict[str, Any]:
+                  float_layers: Sequence[str], check: np.ndarray | None = None) -> dict[str, Any]:
     if method == QDQ_METHOD:
         if fp32_onnx is None:
             raise ValueError("the qdq method needs the FP32 ONNX the IR was converted from")
-        return qdq_quantize(fp32_onnx, out, calibration, float_layers=float_layers)
+        return qdq_quantize(fp32_onnx, out, calibration, float_layers=float_layers, check=check)
     return nncf_quantize(fp32_xml, out, calibration, method=method, float_layers=float_layers)
 
 
 def quantize_int8(fp32_xml: Path, out: Path, calibration: np.ndarray, *, method: str,
-                  float_layers: Sequence[str] = (), fp32_onnx: Path | None = None) -> dict[str, Any]:
+                  float_layers: Sequence[str] = (), fp32_onnx: Path | None = None,
+                  check: np.ndarray | None = None) -> dict[str, Any]:
     """``nncf_quantize`` (or ``qdq_quantize`` of ``fp32_onnx``) with one of ``CALIB_METHODS``, or with each
-    ("auto"; "qdq" only when ``fp32_onnx`` is given), keeping the IR that agrees best with FP32 on the
-    calibration images."""
+    ("auto"; "qdq" only when ``fp32_onnx`` is given), keeping the IR that agrees best with FP32 on ``check``
+    (held-out images; None: the calibration images)."""
     if method != AUTO_METHOD:
-        return _quantize_one(fp32_xml, fp32_onnx, out, calibration, method=method, float_layers=float_layers)
+        return _quantize_one(fp32_xml, fp32_onnx, out, calibration, method=method, float_layers=float_layers,
+                             check=check)
     methods = tuple(m for m in CALIB_METHODS if m != QDQ_METHOD or fp32_onnx is not None)
-    check = calibration[:AGREEMENT_IMAGES]
-    reference = predictions(OvRunner(fp32_xml).run, check)
+    scoring = scoring_images(calibration, check)
+    reference = predictions(OvRunner(fp32_xml).run, scoring)
     scores: dict[str, float] = {}
     settings: dict[str, dict[str, Any]] = {}
     for name in methods:
         candidate = out.with_name(f"{out.stem}.{name}.xml")
         settings[name] = _quantize_one(fp32_xml, fp32_onnx, candidate, calibration, method=name,
-                                       float_layers=float_layers)
-        scores[name] = agreement(reference, OvRunner(candidate).run, check)
+                                       float_layers=float_layers, check=check)
+        scores[name] = agreement(reference, OvRunner(candidate).run, scoring)
     chosen = best(scores, methods)
     for name in methods:
         for suffix in (".xml", ".bin"):
@@ -284,7 +287,7 @@ def quantize_int8(fp32_xml: Path, out: Path, calibration: np.ndarray, *, method:
             else:
                 candidate.unlink(missing_ok=True)
     return {**settings[chosen], "calib_method": AUTO_METHOD, "calib_method_chosen": chosen,
-            "calib_method_candidates": scores,
+            "calib_method_candidates": scores, "candidates_scored_on": scored_on(calibration, check),
             **({"activations_range_estimator": _ESTIMATORS[chosen]} if chosen in _ESTIMATORS else {})}
 
 
@@ -317,7 +320,7 @@ class OpenVINOTarget(Target):
         ov.save_model(ov.convert_model(str(inp.fp32_onnx)), str(fp32), compress_to_fp16=False)
         int8 = folder / "model_int8.xml"
         settings = quantize_int8(fp32, int8, inp.calibration, method=opts.calib_method or DEFAULT_CALIB_METHOD,
-                                 float_layers=inp.float_layers, fp32_onnx=inp.fp32_onnx)
+                                 float_layers=inp.float_layers, fp32_onnx=inp.fp32_onnx, check=inp.check)
         return [
             Artifact(self.name, "fp32", str(fp32.relative_to(bundle)), RUNTIME.name,
                      files=(str(fp32.with_suffix(".bin").relative_to(bundle)),)),

@@ -74,7 +74,7 @@ class TrtTargetBase(Target):
         if bundle.resolve() not in fp32.resolve().parents:  # not in the bundle yet: carry a copy
             fp32 = Path(shutil.copyfile(fp32, folder / "model_fp32.onnx"))
         qdq = make_qdq_onnx(fp32, folder / tc.QDQ_ONNX, inp.calibration, session=onnx_session,
-                            method=opts.calib_method, float_layers=inp.float_layers)
+                            method=opts.calib_method, float_layers=inp.float_layers, check=inp.check)
         # tensorrt/ and jetson/ built from one model and one calibration get the same Q/DQ model: store it once
         qdq = replace(qdq, path=stored_once(qdq.path, bundle.glob(f"*/{tc.QDQ_ONNX}")))
         cfg = self._write_device_files(opts, inp, fp32, folder, qdq)

@@ -55,7 +55,7 @@ def test_a_method_the_target_lacks_is_refused_with_its_list(value, target, words
 
 # Each target's candidates, the key its record keeps their scores under, and the files its folder holds after.
 AUTO = {
-    "onnxruntime": ("calibrate_method_candidates", {"max", "mean_max", "percentile", "entropy"},
+    "onnxruntime": ("calibrate_method_candidates", {"max", "mean_max", "percentile", "entropy", "qdq"},
                     ["model_int8.onnx"]),
     # the contract test compiles openvino with one rule (four NNCF runs cost it 15 s): auto is checked here
     "openvino": ("calib_method_candidates", {"mean_max", "max", "quantile", "histogram", "qdq"},
@@ -79,10 +79,26 @@ def test_auto_keeps_the_method_that_agrees_best(name, fashion_mnist, tmp_path):
     chosen = q["calib_method_chosen"]
     assert scores[chosen] == max(scores.values())
     assert sorted(p.name for p in (tmp_path / name).iterdir()) == files  # candidates gone
-    if name == "onnxruntime":  # the record names what ORT was told
+    if name == "onnxruntime" and chosen != "qdq":  # the record names what ORT was told
         ort_name = {"max": ("MinMax", False), "mean_max": ("MinMax", True), "percentile": ("Percentile", False),
                     "entropy": ("Entropy", False)}[chosen]
         assert (q["calibrate_method"], q["calib_moving_average"]) == ort_name
+
+
+@pytest.mark.parametrize("name", list(AUTO))
+def test_auto_is_scored_on_the_held_out_images_when_given(name, fashion_mnist, tmp_path):
+    """``CompileInput.check`` (the build's held-out split): every candidate's score is a count out of those 7
+    images, not out of the 96 calibration images its ranges came from, and the record says so."""
+    target = get_target(name)
+    if target.missing():
+        pytest.skip(f"--target {name} needs {', '.join(target.missing())} to build")
+    key = AUTO[name][0]
+    x, y = tiny.images(103)
+    fp32 = tiny.write(tmp_path / "model_fp32.onnx", x[:96], y[:96])
+    inp = CompileInput(fp32, x[:96], tiny.PREP, target.parse_options({"calib_method": "auto"}), check=x[96:])
+    q = target.compile(inp, tmp_path)[1].details["quantization"]
+    assert all(abs(s * 7 - round(s * 7)) < 1e-3 for s in q[key].values()), q[key]
+    assert q["candidates_scored_on"] == "7 held-out calibration-source images"
 
 
 def _weight_codes(path: Path) -> dict[str, int]:

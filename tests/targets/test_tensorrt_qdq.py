@@ -339,6 +339,28 @@ def test_auto_rule_keeps_the_candidate_that_agrees_best_on_calibration_images(tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32.onnx", "qdq.onnx"]
 
 
+def test_auto_rule_is_scored_on_the_held_out_images_when_given(tmp_path, monkeypatch):
+    """With held-out images (the build's fallback split), the rules are scored on them, not on the calibration
+    images their ranges came from."""
+    from resnet_deploy.models import build_model as _build
+
+    torch.manual_seed(0)
+    model = _build("resnet20", num_classes=10).eval()
+    images = np.random.default_rng(0).standard_normal((23, 3, 32, 32)).astype(np.float32)
+    calib, held = images[:16], images[16:]
+    fp32 = _export(model, tmp_path / "fp32.onnx", calib[:2])
+    scored = []
+    score = qdq._top1_agreement
+    monkeypatch.setattr(qdq, "_top1_agreement", lambda a, b, x, **kw: scored.append(x) or score(a, b, x, **kw))
+    result = make_qdq_onnx(fp32, tmp_path / "qdq.onnx", calib, check=held)
+    assert len(scored) == 4 and all(x is held for x in scored)
+    assert result.to_dict()["agreement_scored_on"] == "7 held-out calibration-source images"
+    scored.clear()
+    plain = make_qdq_onnx(fp32, tmp_path / "plain.onnx", calib)
+    assert len(scored) == 4 and all(np.array_equal(x, calib) for x in scored)
+    assert plain.to_dict()["agreement_scored_on"] == "16 calibration images"
+
+
 def test_int8_weights_fold_the_weight_quantizers_and_compute_the_same(quantized, tmp_path):
     _, result, _, calib = quantized
     model = onnx.load(str(result.path))
