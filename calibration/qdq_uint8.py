@@ -3,8 +3,8 @@
 ONNX Runtime runs DQ -> Conv -> Q as one QLinearConv only when the Conv's output is quantized too and its input
 and output codes have one type. TensorRT's placement quantizes conv inputs and shortcuts, never a conv's own
 output (TensorRT fuses it), with int8 codes. Run as is, ONNX Runtime found nothing to fuse and ran float
-convolutions between Q/DQ pairs: 18.3 ms against FP32's 5.8 ms on the CIFAR SE-ResNeXt-50. ``for_onnxruntime``
-changes two things:
+convolutions between Q/DQ pairs: 18.3 ms against FP32's 5.8 ms on the CIFAR SE-ResNeXt-50. ``qlinear_form``
+(the form of the QLinear* kernels) changes two things:
 
 - every activation pair gets uint8 codes: a tensor that a Relu made non-negative (through max pooling) zero
   point 0 and a step of amax/255, twice int8's resolution, which also lets ONNX Runtime drop the Relu; any
@@ -13,9 +13,10 @@ changes two things:
   calibration table (the SE block's expansion conv before its Sigmoid included: without it ONNX Runtime
   ran that conv in float and the model at 5.1 ms instead of 3.6 ms).
 
-On that SE-ResNeXt the result agreed with FP32 on 98.78 % of the 10,000 test images (the TensorRT graph:
-98.84 %) at p50 3.59 ms; ONNX Runtime's own quantizer, which also quantizes the SE block's Sigmoid and Mul and
-the residual Add, reached 97.57 % (benchmarks/results/int8_agreement_cifar.md).
+In that SE-ResNeXt's default build (the four downsample convs in float, the fallback's choice) the result agreed
+with FP32 on 98.80 % of the 10,000 test images, p50 4.04 ms against FP32's 6.72 ms; ONNX Runtime's own quantizer,
+which also quantizes the SE block's Sigmoid and Mul and the residual Add, reached 97.57 %
+(benchmarks/results/int8_agreement_cifar.md).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ _SIGN_KEEPING = ("MaxPool",)
 SIGNED_ZERO_POINT = 128
 
 
-def for_onnxruntime(model, amax: Mapping[str, float], *, seven_bit: bool = False) -> dict[str, int]:
+def qlinear_form(model, amax: Mapping[str, float], *, seven_bit: bool = False) -> dict[str, int]:
     """Rewrite ``model`` (made by ``make_qdq_onnx``, weights not yet folded) in place as the module docstring
     says; ``amax``: the calibration table it was made with. ``seven_bit``: weights of convs reading a signed
     (zero point 128) input get 7-bit codes, for CPUs without VNNI, where u8 x s8 pairs with large codes

@@ -4,6 +4,9 @@ Settings chosen by measurement (figures: benchmarks/results/README.md, "targets/
 - QDQ U8S8 (uint8 activations, int8 per-channel weights): fastest on x86 (s8 x s8 has no fast path; U8U8 1.4x slower).
 - Without VNNI, 7-bit weights only on layers reading a signed input (stem, SE squeeze): only there u8 x s8 saturates.
 - Logits (output head) left float; ``--calib-method auto``, MinMax or per-image mean per model: int8_agreement_cifar.md.
+- ``qdq``, the fifth ``auto`` candidate: the TensorRT target's Q/DQ placement (conv inputs and shortcuts, not the SE
+  block's Sigmoid/Mul nor the residual Add) in uint8, with Q/DQ on conv outputs so ORT fuses QLinearConv
+  (calibration/qdq_uint8.py); on a CIFAR SE-ResNeXt-50 it held where ORT's own placement did not.
 - Intra-op spinning off: spinning idle threads fight other processes for the cores, much slower on a
   shared CPU and barely faster on an idle one; builds and edge devices share their CPU.
 - Throughput (validation passes, ``bench --hint throughput``): one session run concurrently from one thread
@@ -336,7 +339,7 @@ def qdq_quantize(fp32: Path, out: Path, calibration: np.ndarray, *, float_layers
     import onnx
 
     from resnet_deploy.calibration.qdq import int8_weights, make_qdq_onnx, quantizable_layers
-    from resnet_deploy.calibration.qdq_uint8 import for_onnxruntime
+    from resnet_deploy.calibration.qdq_uint8 import qlinear_form
     from resnet_deploy.targets import onnx_session
 
     known = set(quantizable_layers(onnx.load(str(fp32), load_external_data=False).graph))
@@ -346,7 +349,7 @@ def qdq_quantize(fp32: Path, out: Path, calibration: np.ndarray, *, float_layers
         qdq = make_qdq_onnx(fp32, Path(work) / "model_qdq.onnx", calibration, session=onnx_session,
                             float_layers=float_layers, check=check)
         model = onnx.load(str(qdq.path))
-    changed = for_onnxruntime(model, qdq.amax, seven_bit=narrow)
+    changed = qlinear_form(model, qdq.amax, seven_bit=narrow)
     int8_weights(model)
     onnx.save(model, str(out))
     return {"format": "QDQ (TensorRT's placement, uint8 activations, quantized conv outputs)",

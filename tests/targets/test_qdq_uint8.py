@@ -16,7 +16,7 @@ import torch
 from onnx import numpy_helper
 
 from resnet_deploy.calibration.qdq import int8_weights, make_qdq_onnx
-from resnet_deploy.calibration.qdq_uint8 import SIGNED_ZERO_POINT, for_onnxruntime
+from resnet_deploy.calibration.qdq_uint8 import SIGNED_ZERO_POINT, qlinear_form
 from resnet_deploy.models.resnet import Bottleneck, ResNet
 from resnet_deploy.pipeline.export import export_onnx, run_onnx
 from resnet_deploy.pipeline.fold import fold_batchnorm
@@ -56,7 +56,7 @@ def graphs(tmp_path_factory):
 def _converted(graphs, *, seven_bit: bool = False):
     _, result, _, folder = graphs
     model = onnx.load(str(result.path))
-    counts = for_onnxruntime(model, result.amax, seven_bit=seven_bit)
+    counts = qlinear_form(model, result.amax, seven_bit=seven_bit)
     int8_weights(model)
     path = folder / f"uint8{'_7bit' if seven_bit else ''}.onnx"
     onnx.save(model, str(path))
