@@ -110,22 +110,33 @@ def make_qdq_onnx(fp32_onnx: Path, out: Path, calibration: np.ndarray, *, sessio
             raise ConfigError(f"no activation range for {', '.join(missing[:3])}: calibrate with this model.")
     where = scored_on(calibration, check)
     check = scoring_images(calibration, check)
-    scored: dict[str, float] = {}
-    best: tuple[float, int, str] | None = None
-    for name, table in ranges.items():
-        candidate = _write(model, plan, table, name, out.with_name(f"{out.stem}.{name}{out.suffix}"))
-        agreement = _top1_agreement(fp32_onnx, candidate, check, session=session) if len(check) else None
-        scored[name] = agreement if agreement is not None else float("nan")
-        rank = (agreement or 0.0, -_TIE_ORDER.index(name) if name in _TIE_ORDER else 0, name)
-        if best is None or rank[:2] > best[:2]:
-            if best is not None:
-                out.with_name(f"{out.stem}.{best[2]}{out.suffix}").unlink(missing_ok=True)
-            best = rank
-        else:
-            candidate.unlink(missing_ok=True)
-    assert best is not None  # ranges holds at least one method: the given table, or each of METHODS
-    chosen = best[2]
-    out.with_name(f"{out.stem}.{chosen}{out.suffix}").replace(out)
+    key = None if amax is not None else (_digest(fp32_onnx), _array_digest(calibration), _array_digest(check),
+                                         tuple(float_layers), json.dumps(ranges, sort_keys=True))
+    if key in _SCORES:  # the same candidates scored on the same images (the jetson target after tensorrt, say)
+        scored = dict(_SCORES[key])
+        chosen = max(scored, key=lambda name: _rank(name, scored[name]))
+        _write(model, plan, ranges[chosen], chosen, out)
+    else:
+        reference = _top1(fp32_onnx, check, session=session) if len(check) else None
+        scored = {}
+        best: str | None = None
+        for name, table in ranges.items():
+            candidate = _write(model, plan, table, name, out.with_name(f"{out.stem}.{name}{out.suffix}"))
+            scored[name] = (round(float((_top1(candidate, check, session=session) == reference).mean()), 4)
+                            if reference is not None else float("nan"))
+            if best is None or _rank(name, scored[name]) > _rank(best, scored[best]):
+                if best is not None:
+                    out.with_name(f"{out.stem}.{best}{out.suffix}").unlink(missing_ok=True)
+                best = name
+            else:
+                candidate.unlink(missing_ok=True)
+        assert best is not None  # ranges holds at least one method: the given table, or each of METHODS
+        chosen = best
+        out.with_name(f"{out.stem}.{chosen}{out.suffix}").replace(out)
+        if key is not None:
+            while len(_SCORES) >= _SCORES_KEPT:
+                _SCORES.pop(next(iter(_SCORES)))
+            _SCORES[key] = dict(scored)
     agreement = scored[chosen] if len(check) else None
     return QdqResult(out, dict(ranges[chosen]), tuple(plan.activations), tuple(plan.weights), chosen,
                      len(calibration), agreement, scored if len(ranges) > 1 else None, tuple(float_layers),
@@ -133,19 +144,36 @@ def make_qdq_onnx(fp32_onnx: Path, out: Path, calibration: np.ndarray, *, sessio
 
 
 # Activation statistics are the slow part of a Q/DQ build, and the fallback rebuilds the same model from the
-# same images with more layers in float: the ranges of the last few (model, images, rules) are kept.
+# same images with more layers in float: the ranges of the last few (model, images, rules) are kept. So are the
+# rules' scores: a build's tensorrt and jetson targets (and OpenVINO's and ONNX Runtime's "qdq" candidates) ask
+# for the same Q/DQ model, and each of its rule graphs is written and run once.
 _RANGES: dict[tuple[str, str, tuple[str, ...]], dict[str, dict[str, float]]] = {}
 _RANGES_KEPT = 4
+_SCORES: dict[tuple, dict[str, float]] = {}
+_SCORES_KEPT = 16
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _array_digest(images: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest() + str(images.shape)
+
+
+def _rank(name: str, score: float) -> tuple[float, int]:
+    """Higher is better: the score (NaN as 0), then ``_TIE_ORDER``."""
+    return (score if score == score else 0.0, -_TIE_ORDER.index(name) if name in _TIE_ORDER else 0)
 
 
 def cached_ranges(fp32_onnx: Path, model, calibration: np.ndarray, *, session: SessionFactory,
                   methods: Sequence[str]) -> dict[str, dict[str, float]]:
     """``activation_amax_by_method`` over every float tensor of ``model``, remembered by content."""
-    import hashlib
-
-    key = (hashlib.sha256(Path(fp32_onnx).read_bytes()).hexdigest(),
-           hashlib.sha256(np.ascontiguousarray(calibration).tobytes()).hexdigest() + str(calibration.shape),
-           tuple(methods))
+    key = (_digest(fp32_onnx), _array_digest(calibration), tuple(methods))
     if key not in _RANGES:
         while len(_RANGES) >= _RANGES_KEPT:
             _RANGES.pop(next(iter(_RANGES)))
@@ -205,15 +233,12 @@ def _write(model, plan: QdqPlan, amax: dict[str, float], method: str, path: Path
     return path
 
 
-def _top1_agreement(fp32: Path, qdq: Path, batch: np.ndarray, *, session: SessionFactory, chunk: int = 32) -> float:
-    """The share of images whose top-1 the Q/DQ model keeps: the conversion's own check, recorded."""
-    outs = []
-    for path in (fp32, qdq):
-        runner = session(path.read_bytes())
-        name = runner.get_inputs()[0].name
-        outs.append(np.concatenate([runner.run(None, {name: np.ascontiguousarray(batch[i:i + chunk])})[0].argmax(1)
-                                    for i in range(0, len(batch), chunk)]))
-    return round(float((outs[0] == outs[1]).mean()), 4)
+def _top1(path: Path, batch: np.ndarray, *, session: SessionFactory, chunk: int = 32) -> np.ndarray:
+    """The top-1 class of each image under the model at ``path``."""
+    runner = session(Path(path).read_bytes())
+    name = runner.get_inputs()[0].name
+    return np.concatenate([runner.run(None, {name: np.ascontiguousarray(batch[i:i + chunk])})[0].argmax(1)
+                           for i in range(0, len(batch), chunk)])
 
 
 def plan_qdq(graph) -> QdqPlan:

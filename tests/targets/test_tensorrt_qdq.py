@@ -349,16 +349,40 @@ def test_auto_rule_is_scored_on_the_held_out_images_when_given(tmp_path, monkeyp
     images = np.random.default_rng(0).standard_normal((23, 3, 32, 32)).astype(np.float32)
     calib, held = images[:16], images[16:]
     fp32 = _export(model, tmp_path / "fp32.onnx", calib[:2])
+    monkeypatch.setattr(qdq, "_SCORES", {})  # scores another test left for the same model and images
     scored = []
-    score = qdq._top1_agreement
-    monkeypatch.setattr(qdq, "_top1_agreement", lambda a, b, x, **kw: scored.append(x) or score(a, b, x, **kw))
+    top1 = qdq._top1
+    monkeypatch.setattr(qdq, "_top1", lambda path, x, **kw: scored.append(x) or top1(path, x, **kw))
     result = make_qdq_onnx(fp32, tmp_path / "qdq.onnx", calib, check=held)
-    assert len(scored) == 4 and all(x is held for x in scored)
+    assert len(scored) == 5 and all(x is held for x in scored)  # FP32 once, then each of the 4 rules
     assert result.to_dict()["agreement_scored_on"] == "7 held-out calibration-source images"
     scored.clear()
     plain = make_qdq_onnx(fp32, tmp_path / "plain.onnx", calib)
-    assert len(scored) == 4 and all(np.array_equal(x, calib) for x in scored)
+    assert len(scored) == 5 and all(np.array_equal(x, calib) for x in scored)
     assert plain.to_dict()["agreement_scored_on"] == "16 calibration images"
+
+
+def test_the_same_request_again_reuses_the_scores(tmp_path, monkeypatch):
+    """A build's tensorrt and jetson targets ask for the same Q/DQ model: the second writes only the chosen graph,
+    runs nothing, and gets the same file and record; other float layers are a new request."""
+    from resnet_deploy.models import build_model as _build
+
+    torch.manual_seed(0)
+    model = _build("resnet20", num_classes=10).eval()
+    calib = np.random.default_rng(1).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    fp32 = _export(model, tmp_path / "fp32.onnx", calib[:2])
+    monkeypatch.setattr(qdq, "_SCORES", {})
+    first = make_qdq_onnx(fp32, tmp_path / "a.onnx", calib)
+    runs = []
+    top1 = qdq._top1
+    monkeypatch.setattr(qdq, "_top1", lambda path, x, **kw: runs.append(path) or top1(path, x, **kw))
+    again = make_qdq_onnx(fp32, tmp_path / "b.onnx", calib)
+    assert runs == [] and again.candidates == first.candidates and again.method == first.method
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "b.onnx", "fp32.onnx"]
+    layer = qdq.quantizable_layers(onnx.load(str(fp32)).graph)[0]
+    make_qdq_onnx(fp32, tmp_path / "c.onnx", calib, float_layers=[layer])
+    assert len(runs) == 5
 
 
 def test_int8_weights_fold_the_weight_quantizers_and_compute_the_same(quantized, tmp_path):
