@@ -143,6 +143,23 @@ def make_qdq_onnx(fp32_onnx: Path, out: Path, calibration: np.ndarray, *, sessio
                      where if len(check) else "")
 
 
+def qdq_in_memory(fp32_onnx: Path, calibration: np.ndarray, *, session: SessionFactory, float_layers: Sequence[str] = (),
+                  check: np.ndarray | None = None) -> tuple[Any, QdqResult, list[str]]:
+    """The Q/DQ model of ``fp32_onnx`` loaded, for a target that converts it further (OpenVINO's IR, ONNX Runtime's
+    uint8 form): ``make_qdq_onnx`` by its "auto" rule, with ``float_layers`` cut to the layers the plan quantizes
+    (any other, an SE block's Mul say, is float there already). Returns the model, the result and those layers."""
+    import tempfile
+
+    import onnx
+
+    known = set(quantizable_layers(onnx.load(str(fp32_onnx), load_external_data=False).graph))
+    kept = [name for name in float_layers if name in known]
+    with tempfile.TemporaryDirectory(prefix="resnet-deploy-qdq-") as work:
+        result = make_qdq_onnx(fp32_onnx, Path(work) / "model_qdq.onnx", calibration, session=session,
+                               float_layers=kept, check=check)
+        return onnx.load(str(result.path)), result, kept
+
+
 # Activation statistics are the slow part of a Q/DQ build, and the fallback rebuilds the same model from the
 # same images with more layers in float: the ranges of the last few (model, images, rules) are kept. So are the
 # rules' scores: a build's tensorrt and jetson targets (and OpenVINO's and ONNX Runtime's "qdq" candidates) ask

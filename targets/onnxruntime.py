@@ -334,21 +334,15 @@ def qdq_quantize(fp32: Path, out: Path, calibration: np.ndarray, *, float_layers
     (``calibration/qdq_uint8.py``), INT8 weights folded. ``seven_bit``: None, as ``quantize_static_qdq``
     (7-bit weights on signed-input layers without VNNI). ``float_layers`` the plan does not quantize are
     float there already."""
-    import tempfile
-
     import onnx
 
-    from resnet_deploy.calibration.qdq import int8_weights, make_qdq_onnx, quantizable_layers
+    from resnet_deploy.calibration.qdq import int8_weights, qdq_in_memory
     from resnet_deploy.calibration.qdq_uint8 import qlinear_form
     from resnet_deploy.targets import onnx_session
 
-    known = set(quantizable_layers(onnx.load(str(fp32), load_external_data=False).graph))
-    float_layers = [name for name in float_layers if name in known]
+    model, qdq, float_layers = qdq_in_memory(fp32, calibration, session=onnx_session, float_layers=float_layers,
+                                             check=check)
     narrow = not has_vnni() if seven_bit is None else seven_bit
-    with tempfile.TemporaryDirectory(prefix="resnet-deploy-qdq-") as work:
-        qdq = make_qdq_onnx(fp32, Path(work) / "model_qdq.onnx", calibration, session=onnx_session,
-                            float_layers=float_layers, check=check)
-        model = onnx.load(str(qdq.path))
     changed = qlinear_form(model, qdq.amax, seven_bit=narrow)
     int8_weights(model)
     onnx.save(model, str(out))

@@ -228,19 +228,15 @@ def qdq_quantize(fp32_onnx: Path, out: Path, calibration: np.ndarray, *,
     import onnx
     import openvino as ov
 
-    from resnet_deploy.calibration.qdq import int8_weights, make_qdq_onnx, quantizable_layers
+    from resnet_deploy.calibration.qdq import int8_weights, qdq_in_memory
     from resnet_deploy.targets import onnx_session
 
-    # A layer the Q/DQ plan does not quantize (an SE block's Mul, say) is float there already.
-    known = set(quantizable_layers(onnx.load(str(fp32_onnx), load_external_data=False).graph))
-    float_layers = [name for name in float_layers if name in known]
+    model, qdq, float_layers = qdq_in_memory(fp32_onnx, calibration, session=onnx_session,
+                                             float_layers=float_layers, check=check)
+    int8_weights(model)  # INT8 weights in the IR's .bin, not FP32 ones behind a FakeQuantize
     with tempfile.TemporaryDirectory(prefix="resnet-deploy-qdq-") as work:
-        qdq = make_qdq_onnx(fp32_onnx, Path(work) / "model_qdq.onnx", calibration, session=onnx_session,
-                            float_layers=float_layers, check=check)
-        model = onnx.load(str(qdq.path))
-        int8_weights(model)  # INT8 weights in the IR's .bin, not FP32 ones behind a FakeQuantize
-        onnx.save(model, str(qdq.path))
-        ov.save_model(ov.convert_model(str(qdq.path)), str(out), compress_to_fp16=False)
+        onnx.save(model, str(Path(work) / "model_qdq.onnx"))
+        ov.save_model(ov.convert_model(str(Path(work) / "model_qdq.onnx")), str(out), compress_to_fp16=False)
     return {"tool": f"openvino {ov.get_version().split('-')[0]} (ONNX Q/DQ)",
             "format": "QDQ (TensorRT's placement), read as FakeQuantize", "calib_method": QDQ_METHOD,
             "activations": "int8 symmetric per-tensor", "weights": "int8 symmetric per-channel",
