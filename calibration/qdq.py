@@ -143,7 +143,8 @@ def make_qdq_onnx(fp32_onnx: Path, out: Path, calibration: np.ndarray, *, sessio
                      where if len(check) else "")
 
 
-def qdq_in_memory(fp32_onnx: Path, calibration: np.ndarray, *, session: SessionFactory, float_layers: Sequence[str] = (),
+def qdq_in_memory(fp32_onnx: Path, calibration: np.ndarray, *, session: SessionFactory,
+                  float_layers: Sequence[str] = (),
                   check: np.ndarray | None = None) -> tuple[Any, QdqResult, list[str]]:
     """The Q/DQ model of ``fp32_onnx`` loaded, for a target that converts it further (OpenVINO's IR, ONNX Runtime's
     uint8 form): ``make_qdq_onnx`` by its "auto" rule, with ``float_layers`` cut to the layers the plan quantizes
