@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from bn_stats import randomize_bn
 from onnx import numpy_helper
 
 from resnet_deploy.calibration.qdq import int8_weights, make_qdq_onnx
@@ -30,15 +31,7 @@ def _tiny_se_resnext() -> torch.nn.Module:
     randomised so that folding gives the convs uneven channels."""
     torch.manual_seed(0)
     model = ResNet(Bottleneck, [1, 1], widths=(16, 32), groups=4, width_per_group=4, se=True, num_classes=10)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.2)
-                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=gen) * 0.1)
+    randomize_bn(model, seed=1)
     return model.eval()
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from bn_stats import randomize_bn
 from onnx import numpy_helper
 
 from resnet_deploy.calibration import qdq
@@ -26,19 +27,6 @@ def make_qdq_onnx(*args, **kwargs):
     return qdq.make_qdq_onnx(*args, session=onnx_session, **kwargs)
 
 
-def _randomize_bn(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.2)
-                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=gen) * 0.1)
-    return model
-
-
 def _export(model: torch.nn.Module, path: Path, sample: np.ndarray) -> Path:
     folded, _ = fold_batchnorm(model.eval())
     export_onnx(folded, path, sample=sample, metadata={"arch": "resnet20"})
@@ -50,7 +38,7 @@ def quantized(request, tmp_path_factory):
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp(f"qdq{request.param}")
     calib = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
-    model = _randomize_bn(build_model("resnet20", num_classes=10, shortcut=request.param), seed=1)
+    model = randomize_bn(build_model("resnet20", num_classes=10, shortcut=request.param), seed=1)
     fp32 = _export(model, folder / "fp32.onnx", calib[:4])
     result = make_qdq_onnx(fp32, folder / "qdq.onnx", calib, method="max")
     return fp32, result, onnx.load(str(result.path)), calib
