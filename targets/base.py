@@ -167,14 +167,16 @@ def option_fields(options_type: type | None) -> tuple[dataclasses.Field, ...]:
     return tuple(dataclasses.fields(options_type))
 
 
-AUTO_METHOD = "auto"  # every calibration method of a target; the best top-1 agreement with FP32 on calibration images
+# every calibration method of a target; the best top-1 agreement with FP32 on held-out (else calibration) images
+AUTO_METHOD = "auto"
 
 
 def calib_method_flag() -> Any:
     """The ``--calib-method`` field every quantizing target declares the same way (so the flag is shared)."""
     return field(default=None, metadata={
-        "help": "Activation range rule: auto (each of the target's methods, the best agreement with FP32 on "
-                "calibration images wins) or one of the target's methods (README); TARGET=METHOD,... per target.",
+        "help": "Activation range rule: auto (each of the target's methods, the best agreement with FP32 on the "
+                "held-out calibration-source images wins) or one of the target's methods (README); "
+                "TARGET=METHOD,... per target.",
         "type": str})
 
 
