@@ -167,6 +167,23 @@ def test_off_or_too_few_held_out_images_checks_nothing(model, tmp_path):
     assert not fb.active and f"{MIN_HELD_OUT - 1} more" in said.warnings[0]
 
 
+def test_auto_scores_on_one_half_of_the_held_out_images_and_the_check_runs_on_the_other(model):
+    """Checked on the images that chose it, a target's best ``auto`` candidate looks better than it is: with room
+    for both, the first half scores the candidates and the second half is the check's, labels alongside."""
+    fp32, x, y = model
+    held, labels = np.concatenate([x[CALIBRATION:]] * 2), np.concatenate([y[CALIBRATION:]] * 2)
+    fb = Fallback(mode="auto", min_agreement=0.98, max_drop=1.0, max_float_layers=8, fp32_onnx=fp32,
+                  calibration=x[:CALIBRATION], held_out=held, labels=labels)
+    assert fb.active and fb.scoring_images is not None
+    assert fb.scoring_images is not None and len(fb.scoring_images) == len(fb.held_out) == MIN_HELD_OUT
+    assert np.shares_memory(fb.scoring_images, held[:MIN_HELD_OUT]) and np.shares_memory(fb.held_out,
+                                                                                         held[MIN_HELD_OUT:])
+    assert np.array_equal(fb.labels, labels[MIN_HELD_OUT:])
+    few = Fallback(mode="auto", min_agreement=0.98, max_drop=1.0, max_float_layers=8, fp32_onnx=fp32,
+                   calibration=x[:CALIBRATION], held_out=x[CALIBRATION:], labels=y[CALIBRATION:])
+    assert few.active and few.scoring_images is None and len(few.held_out) == MIN_HELD_OUT  # all for the check
+
+
 def _row(details: dict, simulated: bool = False) -> ResultRow:
     return ResultRow.from_json({"target": "qdq-stub", "precision": "int8", "runtime": RUNTIME.name, "top1": 0.9,
                                 "simulated": simulated, "artifact": "x", "details": details,
@@ -208,7 +225,7 @@ def test_the_data_stage_holds_out_images_that_calibration_never_sees(fashion_mni
     if mode == "off":
         assert data.held_out is None
         return
-    assert data.held_out is not None and len(data.held_out) == HELD_OUT and len(data.calib) == 50
+    assert data.held_out is not None and len(data.held_out) == 2 * HELD_OUT and len(data.calib) == 50
     assert not set(data.held_out.idents) & set(data.calib.idents)
     assert not set(data.held_out.idents) & set(data.evals.idents)  # another split here, and never the same image
 
