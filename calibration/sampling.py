@@ -82,15 +82,22 @@ class EvalSet:
         return np.asarray([where[i] for i in idents], dtype=np.int64)
 
 
-def choose(n_total: int, count: int | None, *, seed: int, exclude: np.ndarray | None = None) -> np.ndarray:
-    """``count`` indices of ``range(n_total)`` (all when None), drawn from ``seed``, minus ``exclude``."""
+def choose(n_total: int, count: int | None, *, seed: int, exclude: np.ndarray | None = None,
+           shuffled: bool = False) -> np.ndarray:
+    """``count`` indices of ``range(n_total)`` (all when None), drawn from ``seed``, minus ``exclude``.
+
+    Sorted by default: the order of the source, for images that are streamed. ``shuffled``: in the order drawn
+    (the same set), for images held in memory whose first few stand for all of them (the sensitivity analysis's
+    128, ``auto``'s scoring half). A folder source lists its images class by class, so a sorted prefix is a few
+    classes: the first 1,000 of 2,000 held-out CIFAR-10 images were airplane to dog, the rest dog to truck."""
     pool = np.arange(n_total)
     if exclude is not None and len(exclude):
         pool = np.setdiff1d(pool, exclude, assume_unique=False)
-    if count is None or count >= len(pool):
-        return pool
     rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(pool, size=count, replace=False))
+    if count is None or count >= len(pool):
+        return rng.permutation(pool) if shuffled else pool
+    drawn = rng.choice(pool, size=count, replace=False)
+    return drawn if shuffled else np.sort(drawn)
 
 
 def same_images(a: ImageSource, b: ImageSource) -> bool:

@@ -350,7 +350,7 @@ def data_stage(s: BuildSettings, loaded: LoadedModel, ui: Ui) -> Data:
     eval_idx = choose(len(eval_src), s.eval_samples, seed=s.seed)
     # Calibration never sees an evaluation image, also when both flags name the same folder.
     exclude = eval_idx if same_images(eval_src, calib_src) else None
-    calib_idx = choose(len(calib_src), s.calib_samples, seed=s.seed + 1, exclude=exclude)
+    calib_idx = choose(len(calib_src), s.calib_samples, seed=s.seed + 1, exclude=exclude, shuffled=True)
     if len(calib_idx) < s.calib_samples:
         raise DataError(
             f"--calib-data: {calib_src.name} offers {len(calib_idx)} images (after setting aside the evaluation "
@@ -361,7 +361,8 @@ def data_stage(s: BuildSettings, loaded: LoadedModel, ui: Ui) -> Data:
     if calib.skipped:
         ui.warn(f"{len(calib.skipped)} unreadable calibration image(s) skipped (first: {calib.skipped[0]})")
     taken = calib_idx if exclude is None else np.concatenate([calib_idx, exclude])
-    held_idx = choose(len(calib_src), held_out_count(s.fallback), seed=s.seed + 2, exclude=taken)
+    held_idx = choose(len(calib_src), held_out_count(s.fallback), seed=s.seed + 2, exclude=taken,
+                      shuffled=True)
     held_out = decode(calib_src, held_idx, prep, flag="--calib-data") if len(held_idx) else None
     # Evaluation images are decoded by each pass, a chunk at a time; only the ones the bundle carries stay.
     evals = EvalSet.of(eval_src, eval_idx)

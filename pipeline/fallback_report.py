@@ -53,9 +53,11 @@ def _row(r: ResultRow, record: Mapping[str, Any]) -> RowFallback:
 def describe_row(f: RowFallback) -> str:
     """One sentence: the layers kept in float, the held-out check, and the latency cost where measured."""
     h = f.held_out
+    bounds = (f" (one-sided 95 % bounds: agreement at least {h['agreement_low'] * 100:.2f}%, drop at most "
+              f"{h['drop_high']:+.2f})" if h and "agreement_low" in h and "drop_high" in h else "")
     check = (f"held-out check on {f.held_out_images} calibration images: agreement {h.get('agreement', 0) * 100:.2f}%, "
-             f"drop {h.get('drop', 0):+.2f} points ({'meets' if h.get('passed') else 'misses'} the gate)") if h else \
-        "no held-out check (its runtime is not installed here)"
+             f"drop {h.get('drop', 0):+.2f} points{bounds}, {'meets' if h.get('passed') else 'misses'} the gate") if h \
+        else "no held-out check (its runtime is not installed here)"
     if not f.layers:
         return f"all layers INT8; {check}"
     kept = f"{len(f.layers)} layer(s) kept in float after {f.attempts} recompile(s): {', '.join(f.layers)}; {check}"

@@ -90,7 +90,7 @@ def model(fashion_mnist, tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray
 
 def _fallback(model, ui, **kw) -> Fallback:
     fp32, x, y = model
-    settings = {"mode": "auto", "min_agreement": 0.95, "max_drop": 3.0, "max_float_layers": 3, **kw}
+    settings = {"mode": "auto", "min_agreement": 0.9, "max_drop": 3.0, "max_float_layers": 3, **kw}  # 200 images
     return Fallback(fp32_onnx=fp32, calibration=x[:CALIBRATION], held_out=x[CALIBRATION:], labels=y[CALIBRATION:],
                     latency=QUICK, ui=ui, **settings)
 
@@ -124,11 +124,36 @@ def test_a_sensitive_layer_is_kept_in_float_until_the_held_out_images_agree(mode
     record = next(a for a in artifacts if a.precision == "int8").details["fallback"]
     assert record["float_layers"] == [tiny.SENSITIVE] and record["held_out_images"] == held
     first, last = record["attempts"]
-    assert not first["passed"] and first["agreement"] < 0.95 and last["passed"] and record["held_out"] == last
+    assert not first["passed"] and first["agreement"] < 0.9 and last["passed"] and record["held_out"] == last
     assert record["latency"]["all_int8_p50_ms"] > 0 and record["latency"]["p50_ms"] > 0  # timed: a measured row
     graph = onnx.load(str(tmp_path / "qdq-stub" / "model_int8.onnx")).graph
     assert next(n for n in graph.node if n.name == tiny.SENSITIVE).input[0] == "/a/Relu_output_0"
     assert not said.warnings and any("meets the gate" in m for m in said.infos)
+
+
+def test_the_check_asks_the_held_out_bounds_to_meet_the_gate_not_the_point_estimates(model):
+    """At the gate, a point estimate on 1,000 images is a coin toss for the evaluation: a row meets the gate when
+    its one-sided 95 % bounds do (agreement: Wilson; drop: Newcombe's paired interval)."""
+    fb = _fallback(model, Said(), min_agreement=0.98, max_drop=1.0)
+    labels = np.arange(1000) % 10
+    fp32 = labels.copy()
+    fp32[:400] = (labels[:400] + 1) % 10  # FP32 right on 60 %
+
+    def int8(changed: int, wrong: bool) -> np.ndarray:
+        out = fp32.copy()  # changes on images FP32 gets right: to a wrong class, or (``wrong`` False) ...
+        where = np.arange(400, 400 + changed) if wrong else np.arange(changed)  # ... where FP32 was wrong too
+        out[where] = (labels[where] + 2) % 10
+        return out
+
+    at_gate = fb.judge(0, fp32, int8(20, wrong=False), labels)
+    assert at_gate.agreement == 0.98 and at_gate.drop == 0.0 and not at_gate.passed
+    assert at_gate.agreement_low < 0.975 and at_gate.drop_high > 0
+    clear = fb.judge(0, fp32, int8(8, wrong=False), labels)
+    assert clear.agreement == 0.992 and clear.agreement_low > 0.98 and clear.passed
+    dropping = fb.judge(0, fp32, int8(8, wrong=True), labels)  # the same agreement, 0.8 points of top-1 lost
+    assert dropping.agreement == 0.992 and dropping.drop == pytest.approx(0.8) and dropping.drop_high > 1.0
+    assert not dropping.passed
+    assert clear.to_dict()["agreement_low"] == round(clear.agreement_low, 6)
 
 
 def test_the_loop_stops_at_max_float_layers_and_says_so(model, tmp_path):
@@ -169,16 +194,20 @@ def test_off_or_too_few_held_out_images_checks_nothing(model, tmp_path):
 
 def test_auto_scores_on_one_half_of_the_held_out_images_and_the_check_runs_on_the_other(model):
     """Checked on the images that chose it, a target's best ``auto`` candidate looks better than it is: with room
-    for both, the first half scores the candidates and the second half is the check's, labels alongside."""
+    for both, every other image scores the candidates and the rest are the check's, labels alongside. Interleaved:
+    held-out images listed class by class give two halves with the same classes, where first and second half
+    would not (CIFAR-10's were airplane to dog, and dog to truck)."""
     fp32, x, y = model
-    held, labels = np.concatenate([x[CALIBRATION:]] * 2), np.concatenate([y[CALIBRATION:]] * 2)
+    order = np.argsort(np.concatenate([y[CALIBRATION:]] * 2), kind="stable")  # class by class, as a folder lists
+    held, labels = np.concatenate([x[CALIBRATION:]] * 2)[order], np.concatenate([y[CALIBRATION:]] * 2)[order]
     fb = Fallback(mode="auto", min_agreement=0.98, max_drop=1.0, max_float_layers=8, fp32_onnx=fp32,
                   calibration=x[:CALIBRATION], held_out=held, labels=labels)
     assert fb.active and fb.scoring_images is not None
     assert fb.scoring_images is not None and len(fb.scoring_images) == len(fb.held_out) == MIN_HELD_OUT
-    assert np.shares_memory(fb.scoring_images, held[:MIN_HELD_OUT]) and np.shares_memory(fb.held_out,
-                                                                                         held[MIN_HELD_OUT:])
-    assert np.array_equal(fb.labels, labels[MIN_HELD_OUT:])
+    assert np.array_equal(fb.scoring_images, held[0::2]) and np.array_equal(fb.held_out, held[1::2])
+    assert np.array_equal(fb.labels, labels[1::2])
+    assert len(set(labels[:MIN_HELD_OUT].tolist())) < len(set(labels.tolist()))  # the trap: a plain half
+    assert np.array_equal(np.bincount(labels[0::2], minlength=10), np.bincount(fb.labels, minlength=10))
     few = Fallback(mode="auto", min_agreement=0.98, max_drop=1.0, max_float_layers=8, fp32_onnx=fp32,
                    calibration=x[:CALIBRATION], held_out=x[CALIBRATION:], labels=y[CALIBRATION:])
     assert few.active and few.scoring_images is None and len(few.held_out) == MIN_HELD_OUT  # all for the check
@@ -228,6 +257,37 @@ def test_the_data_stage_holds_out_images_that_calibration_never_sees(fashion_mni
     assert data.held_out is not None and len(data.held_out) == 2 * HELD_OUT and len(data.calib) == 50
     assert not set(data.held_out.idents) & set(data.calib.idents)
     assert not set(data.held_out.idents) & set(data.evals.idents)  # another split here, and never the same image
+
+
+def test_calibration_and_held_out_images_from_a_folder_come_in_drawn_order_not_class_by_class(fashion_mnist,
+                                                                                              tmp_path):
+    """A folder lists its images class by class. The calibration and held-out images stay in the order drawn, so
+    that the first few (the sensitivity analysis's 128, ``auto``'s scoring half) stand for every class; the
+    evaluation images stay in folder order, read as streamed."""
+    from PIL import Image
+
+    from resnet_deploy.calibration.sources import open_source
+    from resnet_deploy.console import Ui
+    from resnet_deploy.pipeline.build import data_stage
+    from resnet_deploy.pipeline.checkpoint import load_model
+    from resnet_deploy.pipeline.settings import EMBEDDED_MODEL, BuildSettings
+
+    src, per_class = open_source(None, "train", flag="x"), 40
+    for cls in range(10):
+        folder = tmp_path / src.class_names[cls]
+        folder.mkdir(parents=True)
+        for i, k in enumerate(np.flatnonzero(src.labels == cls)[:per_class]):
+            Image.fromarray(src.images[k]).save(folder / f"{i:03d}.png")
+    settings = BuildSettings(targets=("onnxruntime",), calib_data=str(tmp_path), eval_data=str(tmp_path),
+                             calib_samples=100, eval_samples=100, fallback="auto")
+    data = data_stage(settings, load_model(EMBEDDED_MODEL), Ui(quiet=True))
+    assert data.held_out is not None and len(data.held_out) == 10 * per_class - 200  # every spare image
+    for labels in (data.calib.labels[:30], data.held_out.labels[:30]):
+        assert len(set(labels.tolist())) >= 6, labels  # class by class, 30 images would span one or two classes
+    assert (np.diff(data.evals.indices) > 0).all()
+    again = data_stage(settings, load_model(EMBEDDED_MODEL), Ui(quiet=True))
+    assert again.calib.idents == data.calib.idents and again.held_out is not None
+    assert again.held_out.idents == data.held_out.idents  # the same order from the same --seed
 
 
 def test_a_group_entry_keeps_all_its_layers_in_float_in_one_step(model, tmp_path):

@@ -236,6 +236,15 @@ class TestChoose:
         assert len(a) == 50 and len(set(a.tolist())) == 50 and (np.diff(a) > 0).all()
         assert not np.array_equal(a, choose(1000, 50, seed=8))
 
+    def test_shuffled_draws_the_same_set_in_drawn_order(self):
+        a, b = choose(1000, 50, seed=7), choose(1000, 50, seed=7, shuffled=True)
+        np.testing.assert_array_equal(a, np.sort(b))
+        assert not (np.diff(b) > 0).all()
+        everything = choose(100, None, seed=3, shuffled=True, exclude=np.arange(10))
+        np.testing.assert_array_equal(np.sort(everything), np.arange(10, 100))
+        assert not (np.diff(everything) > 0).all()
+        np.testing.assert_array_equal(everything, choose(100, None, seed=3, shuffled=True, exclude=np.arange(10)))
+
     def test_exclude_makes_disjoint_sets(self):
         calib = choose(500, 100, seed=0)
         evaluation = choose(500, 300, seed=0, exclude=calib)
