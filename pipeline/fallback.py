@@ -2,10 +2,10 @@
 
 With ``--fallback auto`` the data stage draws ``HELD_OUT`` more images from the calibration source (never
 an evaluation image, never a calibration one), and each INT8 artifact is checked on them (agreement with
-FP32 and top-1 drop, the gate's two rules, by their one-sided 95 % bounds). A target that misses is compiled again with the layers that
-``calibration/sensitivity.py`` ranks first kept in float, each target through its own mechanism
-(``CompileInput.float_layers``), until it meets the gate or ``--max-float-layers`` is reached (the residual
-shortcuts, one entry of the ranking, count as one).
+FP32 and top-1 drop, the gate's two rules, by their one-sided 95 % bounds). A target that misses is compiled
+again with the layers that ``calibration/sensitivity.py`` ranks first kept in float, each target through its
+own mechanism (``CompileInput.float_layers``), until it meets the gate or ``--max-float-layers`` is reached
+(the residual shortcuts, one entry of the ranking, count as one).
 Evaluation images never steer any of this: they give the verdict afterwards.
 """
 
