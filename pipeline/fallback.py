@@ -53,8 +53,8 @@ class Check:
     agreement: float
     drop: float  # points of top-1 below the FP32 ONNX on the same images
     passed: bool
-    agreement_low: float = 0.0  # one-sided 95 % bounds (``MARGIN_Z``): what ``passed`` reads
-    drop_high: float = 0.0
+    agreement_low: float  # one-sided 95 % bounds (``MARGIN_Z``): what ``passed`` reads
+    drop_high: float
 
     def to_dict(self) -> dict[str, Any]:
         return {"float_layers": self.float_layers, "agreement": round(self.agreement, 6),
